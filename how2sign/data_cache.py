@@ -1,0 +1,312 @@
+"""The packed cache (DESIGN section 3.3): one split parsed once into a memory-mapped float16 array.
+
+Cache folder layout (default `<root>/h2s-packed/<split>/`, see `default_cache_dir`):
+
+    features.f16   float16, C order, shape (total_frames, P, 3): normalised [x, y, visible] per point
+    offsets.npy    int64 (N + 1,): clip i is features[offsets[i]:offsets[i + 1]]
+    meta.json      clip names, video ids, sentences, fps, CSV rows, point selection, FEATURE_VERSION,
+                   fingerprint, CSV mtime/size at pack time, and the pack summary
+
+A cache is written into a temporary sibling folder and renamed into place, so a crash never leaves a
+half-written cache and two processes packing the same split at once both end up with a valid one.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from how2sign.data_errors import DataError
+from how2sign.data_release import SKIP_REASONS, check_root, csv_path, detect_source, read_clip, read_csv
+from how2sign.features import DEFAULT_POINTS, FEATURE_VERSION, check_points
+
+META_FORMAT = 1
+FEATURES_FILE, OFFSETS_FILE, META_FILE = "features.f16", "offsets.npy", "meta.json"
+_F16_MAX = 65000.0  # just under float16's largest finite value
+
+
+@dataclass
+class PackSummary:
+    """What packing a split found. `skipped` counts clips by reason (see data_release.SKIP_REASONS)."""
+
+    split: str
+    source: str  # "json" or "pose"
+    rows: int  # data rows in the CSV
+    packed: int
+    frames: int  # total packed frames
+    skipped: dict[str, int] = field(default_factory=dict)
+    skipped_clips: list[tuple[str, str]] = field(default_factory=list)  # (SENTENCE_NAME, reason)
+    corrupt_files: int = 0  # corrupt JSON frame files (or .pose files) met
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["skipped_clips"] = [list(x) for x in self.skipped_clips]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PackSummary:
+        return cls(d["split"], d["source"], int(d["rows"]), int(d["packed"]), int(d["frames"]),
+                   {str(k): int(v) for k, v in d["skipped"].items()},
+                   [(str(n), str(r)) for n, r in d["skipped_clips"]], int(d["corrupt_files"]))  # fmt: skip
+
+    def line(self) -> str:
+        why = ", ".join(f"{n} {reason}" for reason, n in self.skipped.items()) or "none"
+        return (f"{self.split}: packed {self.packed} of {self.rows} clips ({self.frames} frames, {self.source}); "
+                f"skipped {sum(self.skipped.values())} ({why}); {self.corrupt_files} corrupt files")  # fmt: skip
+
+
+def compute_fingerprint(names: Iterable[str], sentences: Iterable[str], lengths: Iterable[int]) -> str:
+    """Hex sha256 over (clip id, sentence, frame count) of every clip, in order."""
+    h = hashlib.sha256()
+    for name, sentence, n in zip(names, sentences, lengths, strict=True):
+        h.update(json.dumps([name, sentence, int(n)], ensure_ascii=False).encode("utf-8") + b"\n")
+    return h.hexdigest()
+
+
+class PackedSplit:
+    """A packed split, or a view on some of its clips (`subset`) sharing the same memmap.
+
+    `features` and `offsets` are the whole cache file's arrays; `index[i]` is the file clip behind this
+    view's clip i (arange for a full split). Use `clip(i)`, `lengths` and `starts` rather than slicing
+    `features` by hand, so subsets work too.
+    """
+
+    def __init__(self, *, path: Path, split: str, features: np.memmap, offsets: np.ndarray, index: np.ndarray,
+                 names: list[str], video_ids: list[str], sentences: list[str], fps: np.ndarray, rows: np.ndarray,
+                 points: tuple[int, ...], summary: PackSummary, fingerprint: str | None = None):  # fmt: skip
+        self.path, self.split, self.features, self.offsets, self.index = path, split, features, offsets, index
+        self.names, self.video_ids, self.sentences = names, video_ids, sentences
+        self.fps, self.rows, self.points, self.summary = fps, rows, points, summary
+        self.starts = offsets[index]  # (N,) int64, first frame of each clip in `features`
+        self.lengths = offsets[index + 1] - self.starts  # (N,) int64 frame counts
+        self.fingerprint = fingerprint or compute_fingerprint(names, sentences, self.lengths)
+
+    @property
+    def num_points(self) -> int:
+        return int(self.features.shape[1])
+
+    @property
+    def source(self) -> str:
+        return self.summary.source
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __repr__(self) -> str:
+        return f"PackedSplit({self.split!r}, {len(self)} clips, {int(self.lengths.sum())} frames, {self.path})"
+
+    def clip(self, i: int) -> np.ndarray:
+        """(T, P, 3) float32 copy of clip i; reads only that slice of the memmap."""
+        s = int(self.starts[i])
+        return np.array(self.features[s : s + int(self.lengths[i])], dtype=np.float32)
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> PackedSplit:
+        """A view on the given clips (in the given order), sharing this split's memmap."""
+        idx = np.asarray(indices)
+        idx = np.flatnonzero(idx) if idx.dtype == bool else idx.astype(np.int64).reshape(-1)
+        if idx.size and (idx.min() < -len(self) or idx.max() >= len(self)):
+            raise IndexError(f"subset index out of range for {len(self)} clips")
+        idx = idx % max(len(self), 1)
+        return PackedSplit(path=self.path, split=self.split, features=self.features, offsets=self.offsets,
+                           index=self.index[idx], names=[self.names[i] for i in idx],
+                           video_ids=[self.video_ids[i] for i in idx], sentences=[self.sentences[i] for i in idx],
+                           fps=self.fps[idx], rows=self.rows[idx], points=self.points, summary=self.summary)  # fmt: skip
+
+    def summary_dict(self) -> dict:
+        """The pack summary as plain JSON-able data (also for subsets: it describes the whole pack)."""
+        return {**self.summary.to_dict(), "path": str(self.path), "fingerprint": self.fingerprint}
+
+
+def fingerprint_of(*splits: PackedSplit) -> str:
+    """One hex sha256 identifying several splits together, in the given order."""
+    h = hashlib.sha256()
+    for s in splits:
+        h.update(f"{s.split}:{s.fingerprint}\n".encode())
+    return h.hexdigest()
+
+
+def h2s_home() -> Path:
+    return Path(os.environ.get("H2S_HOME") or Path.home() / ".cache" / "h2s-search")
+
+
+def _cache_name(split: str, points: tuple[int, ...]) -> str:
+    if points == tuple(DEFAULT_POINTS):
+        return split
+    return f"{split}-{hashlib.sha1(','.join(map(str, points)).encode()).hexdigest()[:8]}"
+
+
+def cache_candidates(root: str | Path, split: str, points: Sequence[int] = DEFAULT_POINTS) -> list[Path]:
+    """Where a cache may live: `<root>/h2s-packed/<split>/`, then
+    `$H2S_HOME/packed/<sha1 of the absolute root, 12 hex>/<split>/`. A non-default point selection
+    appends `-<8 hex>` to the folder name so selections never overwrite each other."""
+    root, name = Path(root).resolve(), _cache_name(split, check_points(points))
+    digest = hashlib.sha1(str(root).encode()).hexdigest()[:12]
+    return [root / "h2s-packed" / name, h2s_home() / "packed" / digest / name]
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe-")
+        os.close(fd)
+        os.unlink(probe)
+        return True
+    except OSError:
+        return False
+
+
+def default_cache_dir(root: str | Path, split: str, points: Sequence[int] = DEFAULT_POINTS) -> Path:
+    """The folder a new cache is written to: under the root when it is writable, else under $H2S_HOME."""
+    local, home = cache_candidates(root, split, points)
+    return local if _writable(local.parent) else home
+
+
+def _csv_stamp(path: Path) -> dict:
+    st = path.stat()
+    return {"csv_mtime_ns": st.st_mtime_ns, "csv_size": st.st_size}
+
+
+def open_cache(path: Path, *, stamp: dict | None = None, points: Sequence[int] = DEFAULT_POINTS) -> PackedSplit | None:
+    """The cache at `path` if it is complete and current (same format, FEATURE_VERSION, points and, when
+    `stamp` is given, the same CSV mtime and size), else None."""
+    try:
+        meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
+        if (meta["format"] != META_FORMAT or meta["feature_version"] != FEATURE_VERSION
+                or tuple(meta["points"]) != tuple(points)):  # fmt: skip
+            return None
+        if stamp is not None and any(meta[k] != v for k, v in stamp.items()):
+            return None
+        offsets = np.load(path / OFFSETS_FILE)
+        clips, p, total = meta["clips"], int(meta["num_points"]), int(meta["total_frames"])
+        n = len(clips["names"])
+        if offsets.shape != (n + 1,) or int(offsets[-1]) != total or n == 0:
+            return None
+        if (path / FEATURES_FILE).stat().st_size != total * p * 3 * 2:
+            return None
+        features = np.memmap(path / FEATURES_FILE, dtype=np.float16, mode="r", shape=(total, p, 3))
+        return PackedSplit(path=path, split=meta["split"], features=features, offsets=offsets.astype(np.int64),
+                           index=np.arange(n, dtype=np.int64), names=clips["names"], video_ids=clips["video_ids"],
+                           sentences=clips["sentences"], fps=np.asarray(clips["fps"], dtype=np.float64),
+                           rows=np.asarray(clips["rows"], dtype=np.int64), points=tuple(meta["points"]),
+                           summary=PackSummary.from_dict(meta["summary"]), fingerprint=meta["fingerprint"])  # fmt: skip
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _publish(tmp: Path, target: Path, *, replace: bool, stamp: dict, points: tuple[int, ...]) -> None:
+    """Move the finished temp folder into place; an existing valid cache wins unless `replace`."""
+    for _ in range(10):
+        try:
+            os.rename(tmp, target)  # atomic; fails when target exists and is not empty
+            return
+        except OSError:
+            if not target.exists():
+                continue
+        if not replace and open_cache(target, stamp=stamp, points=points) is not None:
+            return  # another process published a current cache first
+        trash = target.with_name(f".{target.name}.old-{os.getpid()}-{time.monotonic_ns()}")
+        try:
+            os.rename(target, trash)
+        except OSError:
+            continue
+        shutil.rmtree(trash, ignore_errors=True)  # open memmaps of the old cache stay valid (POSIX)
+    raise DataError(f"could not move the packed cache into place: {target}")
+
+
+def pack_split(root: str | Path, split: str, cache_dir: str | Path | None = None, *, force: bool = False,
+               points: Sequence[int] = DEFAULT_POINTS, workers: int = 1,
+               progress: Callable[[int, int], None] | None = None) -> PackedSplit:  # fmt: skip
+    """Parse one split once into the packed cache and open it.
+
+    A current cache (see `open_cache`) is reused unless `force`. `workers` > 1 parses clips in that
+    many processes; `progress(done, total)` is called after each CSV row.
+    """
+    root, points = check_root(root), check_points(points)
+    csv = csv_path(root, split)
+    if not csv.is_file():
+        raise DataError(f"split CSV not found: {csv}")
+    stamp = _csv_stamp(csv)
+    if not force:
+        for c in [Path(cache_dir)] if cache_dir else cache_candidates(root, split, points):
+            if (found := open_cache(c, stamp=stamp, points=points)) is not None:
+                return found
+    rows = read_csv(csv)
+    source, folder = detect_source(root, split)
+    target = Path(cache_dir) if cache_dir else default_cache_dir(root, split, points)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        meta = _write_cache(tmp, rows, split, source, folder, points, workers, progress)
+        meta.update(stamp, root=str(root.resolve()), csv=str(csv))
+        (tmp / META_FILE).write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
+        if meta["summary"]["packed"] == 0:
+            raise DataError(f"no usable clips in {csv}: {PackSummary.from_dict(meta['summary']).line()}")
+        _publish(tmp, target, replace=force, stamp=stamp, points=points)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for attempt in range(20):  # a concurrent forced re-pack may be swapping the folder right now
+        if (opened := open_cache(target, stamp=stamp, points=points)) is not None:
+            return opened
+        time.sleep(0.05 * (attempt + 1))
+    raise DataError(f"packed cache is unreadable right after writing it: {target}")
+
+
+def _write_cache(tmp: Path, rows: list, split: str, source: str, folder: Path, points: tuple[int, ...],
+                 workers: int, progress: Callable[[int, int], None] | None) -> dict:  # fmt: skip
+    """Stream every row's features into tmp/features.f16; write offsets; return meta (without stamp)."""
+    work = functools.partial(read_clip, source=source, folder=folder, points=points)
+    kept: list = []
+    offsets = [0]
+    skipped = {r: 0 for r in SKIP_REASONS}
+    skipped_clips: list[tuple[str, str]] = []
+    corrupt = 0
+    pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 and len(rows) > 1 else None
+    try:
+        results = pool.map(work, rows, chunksize=max(1, len(rows) // (workers * 8))) if pool else map(work, rows)
+        with open(tmp / FEATURES_FILE, "wb") as out:
+            for done, res in enumerate(results, 1):
+                row = rows[res.row]
+                corrupt += res.corrupt_files
+                if res.reason is not None:
+                    skipped[res.reason] += 1
+                    skipped_clips.append((row.sentence_name, res.reason))
+                else:
+                    np.clip(res.features, -_F16_MAX, _F16_MAX).astype(np.float16).tofile(out)
+                    offsets.append(offsets[-1] + len(res.features))
+                    kept.append((row, res.fps))
+                if progress is not None:
+                    progress(done, len(rows))
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    np.save(tmp / OFFSETS_FILE, np.asarray(offsets, dtype=np.int64))
+    names = [r.sentence_name for r, _ in kept]
+    sentences = [r.sentence for r, _ in kept]
+    summary = PackSummary(split, source, len(rows), len(kept), offsets[-1], {k: v for k, v in skipped.items() if v},
+                          skipped_clips, corrupt)  # fmt: skip
+    return {
+        "format": META_FORMAT, "feature_version": FEATURE_VERSION, "split": split, "points": list(points),
+        "num_points": len(points), "total_frames": offsets[-1], "dtype": "float16",
+        "fingerprint": compute_fingerprint(names, sentences, np.diff(offsets)),
+        "clips": {"names": names, "video_ids": [r.video_id for r, _ in kept], "sentences": sentences,
+                  "fps": [fps for _, fps in kept], "rows": [r.row for r, _ in kept]},
+        "summary": summary.to_dict(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }  # fmt: skip
+
+
+def load_split(root: str | Path, split: str, cache_dir: str | Path | None = None, *,
+               points: Sequence[int] = DEFAULT_POINTS, workers: int = 1,
+               progress: Callable[[int, int], None] | None = None) -> PackedSplit:  # fmt: skip
+    """The split's packed cache, built first when missing or stale (CSV changed, FEATURE_VERSION bumped)."""
+    return pack_split(root, split, cache_dir, force=False, points=points, workers=workers, progress=progress)

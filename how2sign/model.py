@@ -1,0 +1,185 @@
+"""SignTranslator: a Transformer encoder-decoder from keypoint frames to English tokens.
+
+Shapes in comments: B batch, T frames, L target tokens, D d_model, F input features, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from .vocab import BOS_ID, EOS_ID, PAD_ID
+
+ALLOWED_HEADS = (1, 2, 4, 8, 16)
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names the key."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild the network. No defaults: TrainConfig owns them."""
+
+    input_dim: int
+    vocab_size: int
+    d_model: int
+    nhead: int
+    encoder_layers: int
+    decoder_layers: int
+    dim_feedforward: int
+    dropout: float
+    max_frames: int
+    max_tokens: int
+
+    def __post_init__(self) -> None:
+        check_heads(self.d_model, self.nhead)
+        for key in ("input_dim", "vocab_size", "encoder_layers", "decoder_layers", "dim_feedforward"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_heads(d_model: int, nhead: int) -> None:
+    """d_model must split evenly over the attention heads."""
+    if d_model < 1 or nhead < 1 or d_model % nhead:
+        legal = [h for h in ALLOWED_HEADS if d_model > 0 and d_model % h == 0]
+        hint = f"legal nhead for d_model={d_model}: {legal}" if legal else f"no allowed head count {ALLOWED_HEADS} divides it"
+        raise ConfigError(f"d_model={d_model} is not divisible by nhead={nhead} ({hint})")
+
+
+class PositionalEncoding(nn.Module):
+    """Fixed sinusoidal positions (Vaswani et al.), added to (B, T, D) inputs."""
+
+    def __init__(self, d_model: int, max_len: int):
+        super().__init__()
+        pos = torch.arange(max_len).unsqueeze(1)
+        div = torch.exp(torch.arange(0, d_model, 2) * (-math.log(10000.0) / d_model))
+        pe = torch.zeros(max_len, d_model)
+        pe[:, 0::2] = torch.sin(pos * div)
+        pe[:, 1::2] = torch.cos(pos * div[: d_model // 2])
+        self.register_buffer("pe", pe, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.pe[: x.size(1)]
+
+
+class SignTranslator(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.input_proj = nn.Sequential(nn.Linear(cfg.input_dim, d), nn.LayerNorm(d))
+        self.src_pos = PositionalEncoding(d, cfg.max_frames)
+        self.tgt_pos = PositionalEncoding(d, cfg.max_tokens)
+        self.embed = nn.Embedding(cfg.vocab_size, d, padding_idx=PAD_ID)
+        self.dropout = nn.Dropout(cfg.dropout)
+        # The encoder is built here only to switch off the nested-tensor fast path, which changes
+        # numerics between train and eval and warns on every call.
+        enc_layer = nn.TransformerEncoderLayer(d, cfg.nhead, cfg.dim_feedforward, cfg.dropout, batch_first=True)
+        encoder = nn.TransformerEncoder(enc_layer, cfg.encoder_layers, norm=nn.LayerNorm(d),
+                                        enable_nested_tensor=False)
+        self.transformer = nn.Transformer(
+            d_model=d,
+            nhead=cfg.nhead,
+            num_encoder_layers=cfg.encoder_layers,
+            num_decoder_layers=cfg.decoder_layers,
+            dim_feedforward=cfg.dim_feedforward,
+            dropout=cfg.dropout,
+            batch_first=True,
+            custom_encoder=encoder,
+        )
+        self.head = nn.Linear(d, cfg.vocab_size, bias=False)
+        self.head.weight = self.embed.weight  # tied: the output head reads tokens the way the input writes them
+        nn.init.normal_(self.embed.weight, std=d**-0.5)
+        with torch.no_grad():
+            self.embed.weight[PAD_ID].zero_()
+
+    def num_parameters(self) -> int:
+        """Measured count of trainable parameters (tied weights counted once)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def transformer_parameters(self) -> int:
+        return sum(p.numel() for p in self.transformer.parameters())
+
+    def encode(self, src: torch.Tensor, src_pad: torch.Tensor) -> torch.Tensor:
+        # src (B, T, F), src_pad (B, T) True where padded -> memory (B, T, D)
+        x = self.dropout(self.src_pos(self.input_proj(src)))
+        return self.transformer.encoder(x, src_key_padding_mask=src_pad)
+
+    def decode(self, tgt_in: torch.Tensor, memory: torch.Tensor, src_pad: torch.Tensor) -> torch.Tensor:
+        # tgt_in (B, L) token ids -> logits (B, L, V)
+        L = tgt_in.size(1)
+        y = self.dropout(self.tgt_pos(self.embed(tgt_in) * math.sqrt(self.cfg.d_model)))
+        causal = torch.triu(torch.ones(L, L, dtype=torch.bool, device=tgt_in.device), diagonal=1)  # True: hidden
+        h = self.transformer.decoder(
+            y, memory, tgt_mask=causal, tgt_key_padding_mask=tgt_in.eq(PAD_ID), memory_key_padding_mask=src_pad
+        )
+        return self.head(h)
+
+    def forward(self, src: torch.Tensor, src_pad: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        return self.decode(tgt_in, self.encode(src, src_pad), src_pad)
+
+    @torch.no_grad()
+    def greedy(self, src: torch.Tensor, src_pad: torch.Tensor, max_len: int | None = None) -> list[list[int]]:
+        """Greedy decoding of a batch; returns token ids per clip, without <bos>/<eos>."""
+        max_len = max_len or self.cfg.max_tokens
+        memory = self.encode(src, src_pad)
+        B = src.size(0)
+        ys = torch.full((B, 1), BOS_ID, dtype=torch.long, device=src.device)
+        done = torch.zeros(B, dtype=torch.bool, device=src.device)
+        for _ in range(max_len - 1):
+            nxt = self.decode(ys, memory, src_pad)[:, -1].argmax(-1)  # (B,)
+            nxt = nxt.masked_fill(done, PAD_ID)
+            ys = torch.cat([ys, nxt.unsqueeze(1)], dim=1)
+            done |= nxt.eq(EOS_ID)
+            if bool(done.all()):
+                break
+        return [_strip(row) for row in ys[:, 1:].tolist()]
+
+    @torch.no_grad()
+    def beam(self, src: torch.Tensor, src_pad: torch.Tensor, beam_size: int = 4, max_len: int | None = None,
+             length_penalty: float = 1.0) -> list[list[int]]:
+        """Beam search, one clip at a time; scores are log-probs divided by length**length_penalty."""
+        max_len = max_len or self.cfg.max_tokens
+        results = []
+        for b in range(src.size(0)):
+            memory = self.encode(src[b : b + 1], src_pad[b : b + 1])
+            beams: list[tuple[float, list[int]]] = [(0.0, [BOS_ID])]
+            finished: list[tuple[float, list[int]]] = []
+            for _ in range(max_len - 1):
+                ys = torch.tensor([seq for _, seq in beams], device=src.device)
+                mem = memory.expand(len(beams), -1, -1)
+                logp = self.decode(ys, mem, src_pad[b : b + 1].expand(len(beams), -1))[:, -1].log_softmax(-1)
+                cand = []
+                for (score, seq), row in zip(beams, logp, strict=True):
+                    top = row.topk(beam_size)
+                    cand += [(score + v, [*seq, i]) for v, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)]
+                cand.sort(key=lambda c: -c[0])
+                beams = []
+                for score, seq in cand:
+                    (finished if seq[-1] == EOS_ID else beams).append((score, seq))
+                    if len(beams) == beam_size:
+                        break
+                if len(finished) >= beam_size or not beams:
+                    break
+            pool = finished or beams
+            best = max(pool, key=lambda c: c[0] / (len(c[1]) - 1) ** length_penalty)
+            results.append(_strip(best[1][1:]))
+        return results
+
+
+def _strip(ids: list[int]) -> list[int]:
+    out = []
+    for i in ids:
+        if i in (EOS_ID, PAD_ID):
+            break
+        out.append(i)
+    return out

@@ -1,0 +1,355 @@
+"""The h2s-search command line: parse, call one function, print. User errors are one line and exit 2."""
+
+from __future__ import annotations
+
+import os
+
+# Before torch is imported anywhere: ops that Apple MPS lacks fall back to the CPU.
+os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(help="Hyperparameter search for How2Sign sign-language translation models.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Write the synthetic corpus, pack a dataset into the training cache.",
+                       no_args_is_help=True)
+app.add_typer(data_app, name="data")
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+DataOpt = Annotated[Path | None, typer.Option("--data", help="How2Sign root folder (default: the built-in synthetic corpus).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object for scripts.")]
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    from how2sign.checkpoint import CheckpointError
+    from how2sign.data import DataError
+    from how2sign.model import ConfigError
+
+    from .errors import UserError
+
+    return (UserError, DataError, ConfigError, CheckpointError)
+
+
+def command(fn):
+    """Turn our user-facing errors into one line on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except user_errors() as exc:
+            from .storage import mask_password
+
+            err.print(f"[bold red]error:[/] {mask_password(str(exc))}", highlight=False, markup=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+class _TrialProgress:
+    """A rich bar of finished trials inside `start`, fed with study summaries."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and out.is_terminal
+        self.p = None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.p = Progress(TextColumn("trials"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                              TextColumn("{task.fields[info]}"), console=out)
+            self.p.start()
+            self.task = self.p.add_task("trials", total=None, info="")
+        return self
+
+    def update(self, s: dict) -> None:
+        if not self.p:
+            return
+        st = s["states"]
+        done = sum(st.get(k, 0) for k in ("COMPLETE", "PRUNED", "FAIL"))
+        best = s["best"][0]["val_loss"] if s["best"] else None
+        info = f"{st.get('RUNNING', 0)} running, {st.get('PRUNED', 0)} pruned" + (
+            f", best val_loss {best:.4f}" if best is not None else "")
+        self.p.update(self.task, total=s["budget"], completed=done, info=info)
+
+    def __exit__(self, *exc):
+        if self.p:
+            self.p.stop()
+
+
+def say_data(choice, as_json: bool = False) -> None:
+    # Scripts reading --json get clean stdout; the data line goes to stderr then.
+    (err if as_json else out).print(choice.describe(), highlight=False)
+
+
+StorageOpt = Annotated[str | None, typer.Option("--storage", help="Optuna storage URL (default: $H2S_STORAGE, then sqlite:///h2s-search.db).")]
+StudyOpt = Annotated[str, typer.Option("--study", help="Study name, or a path to a study .toml file.")]
+CheckpointOpt = Annotated[Path | None, typer.Option("--checkpoint-dir", help="Checkpoint folder shared by the workers (default: $H2S_CHECKPOINTS, then ./h2s-checkpoints).")]
+
+
+# --------------------------------------------------------------------------- data
+@data_app.command("synth")
+@command
+def data_synth(
+    dir: Annotated[Path, typer.Argument(help="Folder to write the corpus into.")],
+    train: Annotated[int, typer.Option(help="Train clips.")] = 800,
+    val: Annotated[int, typer.Option(help="Validation clips.")] = 100,
+    test: Annotated[int, typer.Option(help="Test clips.")] = 100,
+    seed: Annotated[int, typer.Option(help="Random seed; the corpus is deterministic from it.")] = 0,
+):
+    """Write the learnable synthetic corpus in How2Sign's on-disk format."""
+    from how2sign.synthetic import write_corpus
+
+    info = write_corpus(dir, train=train, val=val, test=test, seed=seed)
+    out.print(f"wrote {info.counts} clips ({info.frames} frames) to {dir}", highlight=False)
+
+
+@data_app.command("pack")
+@command
+def data_pack(
+    dir: Annotated[Path, typer.Argument(help="How2Sign root folder.")],
+    force: Annotated[bool, typer.Option(help="Re-pack even when a valid cache exists.")] = False,
+    as_json: JsonOpt = False,
+):
+    """Convert every split once into the memory-mapped float16 cache; print what was packed and skipped."""
+    from how2sign.jobs import pack
+
+    splits = pack(dir, force=force)
+    rows = [s.summary_dict() for s in splits]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    for s, row in zip(splits, rows, strict=True):
+        skipped = ", ".join(f"{n} {why}" for why, n in row["skipped"].items()) or "none"
+        out.print(f"[bold]{row['split']}[/]: packed {row['packed']} clips, {row['frames']} frames; "
+                  f"skipped {sum(row['skipped'].values())} ({skipped}); cache {s.path}", highlight=False)
+
+
+# --------------------------------------------------------------------------- train / evaluate
+@app.command()
+@command
+def train(
+    preset: Annotated[str, typer.Option(help="v1, v2, v3, v4, v4-quick or plan-b-small.")] = "v4",
+    data: DataOpt = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Run folder for checkpoints and metrics.json.")] = Path("runs/train"),
+    epochs: Annotated[int | None, typer.Option(help="Override the preset's epoch budget.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a TrainConfig field: key=value.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/last_checkpoint.pt.")] = False,
+):
+    """Train one model from a preset."""
+    from how2sign.jobs import build_config, choose_data, run_training
+
+    cfg = build_config(preset, epochs, set_)
+    choice = choose_data(data)
+    say_data(choice)
+    result, _ = run_training(cfg, choice.root, out_dir, device=device, resume=resume,
+                             progress=sys.stderr.isatty())
+    how = "early stopping" if result.stopped_early else "interrupted" if result.interrupted else "epoch budget"
+    out.print(f"{preset}: {result.params:,} parameters on {result.device}; {result.epochs_run} epochs ({how}); "
+              f"best val_loss {result.best_val_loss:.4f} at epoch {result.best_epoch}, gap {result.gap:.3f}; "
+              f"{result.seconds:.1f}s, {result.frames_per_second:,.0f} frames/s", highlight=False)
+    out.print(f"checkpoints: {result.best_checkpoint} (best), {result.last_checkpoint} (last)", highlight=False)
+
+
+@app.command()
+@command
+def evaluate(
+    checkpoint: Annotated[Path, typer.Option(help="A best_checkpoint.pt or last_checkpoint.pt.")],
+    split: Annotated[str, typer.Option(help="val or test.")] = "val",
+    data: DataOpt = None,
+    predictions: Annotated[Path | None, typer.Option(help="Write one hypothesis per line, in CSV row order.")] = None,
+    beam: Annotated[int, typer.Option(help="Beam size; 1 is greedy decoding.")] = 1,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    as_json: JsonOpt = False,
+):
+    """Decode a split and print BLEU-4, chrF, loss, coverage, repetitions and the verdict."""
+    from how2sign.evaluate import evaluate_checkpoint
+    from how2sign.jobs import choose_data, write_predictions
+
+    from .errors import UserError
+
+    if split not in ("val", "test", "train"):
+        raise UserError(f"--split must be val or test, got {split!r}")
+    choice = choose_data(data)
+    say_data(choice, as_json)
+    ev = evaluate_checkpoint(checkpoint, choice.root, split, device=device, beam_size=beam)
+    if predictions:
+        write_predictions(predictions, ev.hypotheses)
+    if as_json:
+        print(json.dumps(ev.metrics()))
+        return
+    m = ev.metrics()
+    gap = "n/a" if m["gap"] is None else f"{m['gap']:.3f}"
+    out.print(f"{split} ({m['clips']} clips, {m['decoding']}): BLEU-4 {m['bleu']:.2f}  chrF {m['chrf']:.2f}  "
+              f"loss {m['val_loss']:.4f}  gap {gap}  coverage {m['vocab_coverage']:.1%}  "
+              f"repetitions {m['repetition_rate']:.1%}  verdict [bold]{m['verdict']}[/]", highlight=False)
+    for ref, hyp in list(zip(ev.references, ev.hypotheses, strict=True))[:3]:
+        out.print(f"  ref: {ref}\n  hyp: {hyp}", highlight=False, markup=False)
+
+
+# --------------------------------------------------------------------------- search
+@app.command()
+@command
+def start(
+    study: StudyOpt = "capacity",
+    storage: StorageOpt = None,
+    data: DataOpt = None,
+    n_trials: Annotated[int | None, typer.Option(help="Trial budget of the study (default: the study file's).")] = None,
+    workers: Annotated[int, typer.Option(help="Local worker processes.")] = 1,
+    devices: Annotated[str | None, typer.Option(help="One worker per device, e.g. cuda:0,cuda:1.")] = None,
+    checkpoint_dir: CheckpointOpt = None,
+    as_json: JsonOpt = False,
+):
+    """Create (or load) the study, enqueue the anchor once, run local workers, and compare the best with it."""
+    from .launcher import start as run_start
+    from .summary import comparison_lines
+
+    say = (lambda m: err.print(m, highlight=False)) if as_json else (lambda m: out.print(m, highlight=False))
+    with _TrialProgress(enabled=not as_json) as bar:
+        res = run_start(study, storage=storage, data=data, n_trials=n_trials, workers=workers, devices=devices,
+                        checkpoint_dir=checkpoint_dir, say=say, progress=bar.update)
+    if as_json:
+        print(json.dumps({"study": res.study, "storage": res.url, "seconds": res.seconds,
+                          "exit_codes": res.exit_codes, **res.summary}, default=str))
+    else:
+        for line in comparison_lines(res.summary):
+            out.print(line, highlight=False)
+        out.print(f"{res.seconds:.0f}s with {res.workers} worker(s); inspect with: h2s-search status --study "
+                  f"{res.study} --storage {res.url}", highlight=False)
+    if any(c not in (0, None) for c in res.exit_codes):
+        raise typer.Exit(1)
+
+
+@app.command()
+@command
+def worker(
+    study: StudyOpt = "capacity",
+    storage: StorageOpt = None,
+    data: DataOpt = None,
+    n_trials: Annotated[int | None, typer.Option(help="At most this many trials from this worker.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    checkpoint_dir: CheckpointOpt = None,
+    worker_index: Annotated[int, typer.Option(help="Distinct per worker on one host; offsets the sampler seed.", hidden=True)] = 0,
+):
+    """Join a study from the database and run trials until its budget is spent."""
+    from how2sign.jobs import choose_data
+
+    from .worker import WorkerSettings, run_worker
+
+    choice = choose_data(data)
+    err.print(f"worker {worker_index}: {choice.describe()}", highlight=False)
+    res = run_worker(WorkerSettings(study=study, storage=storage, data_root=choice.root, device=device,
+                                    n_trials=n_trials, checkpoint_dir=checkpoint_dir, worker_index=worker_index),
+                     log=lambda m: err.print(f"worker {worker_index}: {m}", highlight=False))
+    err.print(f"worker {worker_index}: ran {res['ran']} trial(s)"
+              + (f", stopped by {res['stopped']}" if res["stopped"] else ""), highlight=False)
+
+
+@app.command()
+@command
+def status(
+    study: StudyOpt = "capacity",
+    storage: StorageOpt = None,
+    as_json: JsonOpt = False,
+    watch: Annotated[bool, typer.Option(help="Refresh until Ctrl-C.")] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes with --watch.")] = 2.0,
+):
+    """Trials by state, the best trial, the anchor, and who is running what."""
+    from .study import load_stored
+    from .summary import summarize
+    from .views import status_view
+
+    opened = load_stored(storage, study, heartbeat=False)
+    if as_json:
+        print(json.dumps(summarize(opened.study), default=str))
+        return
+    if not watch:
+        out.print(status_view(summarize(opened.study)))
+        return
+    import time
+
+    from rich.live import Live
+
+    try:
+        with Live(status_view(summarize(opened.study)), console=out, refresh_per_second=4) as live:
+            while True:
+                time.sleep(interval)
+                live.update(status_view(summarize(opened.study)))
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+@command
+def best(study: StudyOpt = "capacity", storage: StorageOpt = None, as_json: JsonOpt = False):
+    """The best trial (the Pareto front for multi-objective studies) with its parameters."""
+    from .study import load_stored
+    from .summary import comparison_lines, summarize
+
+    s = summarize(load_stored(storage, study, heartbeat=False).study)
+    if as_json:
+        print(json.dumps({"study": s["study"], "best": s["best"], "anchor": s["anchor"]}, default=str))
+        return
+    if not s["best"]:
+        out.print(f"study {s['study']}: no completed trial yet")
+        return
+    for line in comparison_lines(s)[1:]:
+        out.print(line, highlight=False)
+
+
+@app.command()
+@command
+def reproduce(
+    study: StudyOpt = "capacity",
+    trial: Annotated[int, typer.Option("--trial", help="Trial number to re-run.")] = 0,
+    storage: StorageOpt = None,
+    data: DataOpt = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Run folder (default: a temporary folder).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "cpu",
+    as_json: JsonOpt = False,
+):
+    """Re-run a trial from its record and compare the recorded validation loss with the new one."""
+    from how2sign.jobs import choose_data
+
+    from .reproduce import reproduce as run_reproduce
+
+    choice = choose_data(data)
+    say_data(choice, as_json)
+    r = run_reproduce(study, trial, storage=storage, data_root=choice.root, out_dir=out_dir, device=device)
+    if as_json:
+        print(json.dumps(r))
+        return
+    out.print(f"trial {trial}: recorded val_loss {r['recorded_val_loss']:.6f}, reproduced {r['val_loss']:.6f} "
+              f"(difference {r['difference']:.2e}, {r['epochs']} epochs)", highlight=False)
+
+
+@app.command()
+@command
+def dashboard(
+    storage: StorageOpt = None,
+    host: Annotated[str, typer.Option(help="Interface to bind. The dashboard has no authentication.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8080,
+    artifacts: Annotated[Path | None, typer.Option(help="Artifact store folder (default: ./h2s-artifacts).")] = None,
+):
+    """Serve optuna-dashboard on the same storage (no authentication: binds to 127.0.0.1 by default)."""
+    from .views import serve_dashboard
+
+    serve_dashboard(storage, host, port, artifacts, say=lambda m: out.print(m, highlight=False))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""`start`: create or load the study, then run local worker processes and watch them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from how2sign.jobs import choose_data
+
+from .errors import UserError
+from .spec import load_spec
+from .storage import parse_url, resolve_url
+from .study import create_or_load
+from .summary import summarize
+
+
+@dataclass
+class StartResult:
+    study: str
+    url: str
+    created: bool
+    anchor_enqueued: bool
+    data: str
+    workers: int
+    seconds: float
+    summary: dict
+    exit_codes: list[int]
+
+
+def worker_command(study: str, url: str, data: Path, device: str, index: int, checkpoint_dir: Path | None) -> list[str]:
+    cmd = [sys.executable, "-m", "search.cli", "worker", "--study", study, "--storage", url, "--data", str(data),
+           "--device", device, "--worker-index", str(index)]
+    if checkpoint_dir:
+        cmd += ["--checkpoint-dir", str(checkpoint_dir)]
+    return cmd
+
+
+def plan_devices(workers: int, devices: str | None) -> list[str]:
+    if devices:
+        devs = [d.strip() for d in devices.split(",") if d.strip()]
+        if not devs:
+            raise UserError("--devices is empty; give a list like cuda:0,cuda:1")
+        return devs
+    if workers < 1:
+        raise UserError(f"--workers must be >= 1, got {workers}")
+    return ["cpu" if workers > 1 else "auto"] * workers
+
+
+def start(study: str, *, storage: str | None, data: Path | None, n_trials: int | None, workers: int,
+          devices: str | None, checkpoint_dir: Path | None, say=print, progress=None) -> StartResult:
+    spec = load_spec(study)
+    choice = choose_data(data)
+    say(choice.describe())
+    if choice.synthetic and spec.demo:
+        spec = spec.with_demo()
+        say(f"using the [demo] budget of {spec.source.split(' (')[0]}: {spec.n_trials} trials, "
+            f"{spec.base_config().epochs} epochs each")
+    devs = plan_devices(workers, devices)
+    url = resolve_url(storage)
+    if parse_url(url).backend == "sqlite" and len(devs) > 4:
+        raise UserError(f"{len(devs)} workers on SQLite will contend for one file lock; use PostgreSQL "
+                        "(--storage postgresql://...) for more than 4 workers")
+    from how2sign.batches import TrainData
+
+    fingerprint = TrainData.load(choice.root).fingerprint  # packs the cache once, before the workers
+    opened = create_or_load(url, spec, fingerprint, str(choice.root), n_trials)
+    say(f"study {opened.spec.name!r} {'created' if opened.created else 'loaded'} in {parse_url(url).masked}"
+        + (f"; anchor {opened.spec.anchor_name} enqueued" if opened.anchor_enqueued else ""))
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen(worker_command(opened.spec.name, url, choice.root, d, i, checkpoint_dir),
+                              stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                              start_new_session=True)  # a terminal Ctrl-C reaches us once; we forward it
+             for i, d in enumerate(devs)]
+    say(f"{len(procs)} worker(s) on {', '.join(devs)}; Ctrl-C stops them after their current epoch")
+
+    def forward(signum, _frame):
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while any(p.poll() is None for p in procs):
+            if progress:
+                progress(summarize(opened.study))
+            time.sleep(1.0)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    summary = summarize(opened.study)
+    if progress:
+        progress(summary)
+    return StartResult(opened.spec.name, parse_url(url).masked, opened.created, opened.anchor_enqueued,
+                       str(choice.root), len(procs), time.perf_counter() - t0, summary,
+                       [p.returncode for p in procs])

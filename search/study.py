@@ -1,0 +1,186 @@
+"""Creating, loading and budgeting a study in shared storage.
+
+`start` creates a study once (under a cross-process lock), stores the parsed study definition and the
+dataset fingerprint as study user attributes, and enqueues the anchor only if none exists. Workers
+rebuild everything from those attributes, never from a local file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import dataclass
+
+import optuna
+from optuna.trial import TrialState
+
+from how2sign import __version__
+
+from .errors import UserError
+from .spec import StudySpec, parse
+from .storage import creation_lock, open_storage, parse_url, resolve_url, storage_errors
+
+ATTR_SPEC, ATTR_FINGERPRINT, ATTR_BUDGET, ATTR_DATA = "spec", "fingerprint", "n_trials", "data"
+
+
+class StudyNotFound(UserError):
+    pass
+
+
+class FingerprintMismatch(UserError):
+    pass
+
+
+@dataclass
+class Opened:
+    study: optuna.Study
+    spec: StudySpec
+    fingerprint: str
+    created: bool
+    anchor_enqueued: bool
+    url: str
+
+
+def build_sampler(spec: StudySpec, worker_index: int = 0):
+    s = dict(spec.sampler)
+    kind = s.pop("type", "tpe")
+    seed = s.pop("seed", None)
+    if seed is not None:
+        seed += worker_index  # equal seeds in parallel workers would suggest the same trials
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if kind == "gp":
+        return optuna.samplers.GPSampler(seed=seed, **s)
+    return optuna.samplers.TPESampler(seed=seed, **s)
+
+
+def build_pruner(spec: StudySpec):
+    p = dict(spec.pruner)
+    kind = p.pop("type", "none")
+    epochs = spec.base_config().total_epochs
+    if kind == "hyperband":
+        # max_resource='auto' prunes nothing until a trial finishes; the epoch budget is known.
+        return optuna.pruners.HyperbandPruner(max_resource=epochs, **p)
+    if kind == "asha":
+        return optuna.pruners.SuccessiveHalvingPruner(**p)
+    if kind == "median":
+        return optuna.pruners.MedianPruner(**p)
+    return optuna.pruners.NopPruner()
+
+
+def _study_id(storage, name: str) -> int | None:
+    try:
+        return storage.get_study_id_from_name(name)
+    except KeyError:
+        return None
+
+
+def anchor_trials(study: optuna.Study) -> list:
+    return [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("anchor") is True]
+
+
+def create_or_load(url: str | None, spec: StudySpec, fingerprint: str, data_desc: str = "",
+                   n_trials: int | None = None) -> Opened:
+    """Create the study or load it; enqueue the anchor exactly once. Safe to race."""
+    url = resolve_url(url)
+    u = parse_url(url)
+    with creation_lock(url, spec.name):
+        storage = open_storage(url)
+        with storage_errors(u):
+            sid = _study_id(storage, spec.name)
+            created = sid is None
+            if created:
+                study = optuna.create_study(study_name=spec.name, storage=storage,
+                                            directions=list(spec.directions))
+                study.set_metric_names(list(spec.metrics))
+                study.set_user_attr(ATTR_SPEC, spec.raw)
+                study.set_user_attr(ATTR_FINGERPRINT, fingerprint)
+                study.set_user_attr(ATTR_BUDGET, n_trials or spec.n_trials)
+                study.set_user_attr(ATTR_DATA, data_desc)
+                study.set_user_attr("h2s_version", __version__)
+                study.set_user_attr("optuna_version", optuna.__version__)
+                if spec.anchor_name:
+                    study.set_user_attr("anchor_note", f"Trial with user attribute anchor=true is the "
+                                        f"{spec.anchor_name} setting, enqueued once as the reference.")
+            else:
+                study = optuna.load_study(study_name=spec.name, storage=storage)
+                stored = study.user_attrs.get(ATTR_FINGERPRINT)
+                if stored != fingerprint:
+                    raise FingerprintMismatch(
+                        f"study {spec.name!r} was created on data with fingerprint {str(stored)[:12]}, "
+                        f"this data has {fingerprint[:12]}; use the same data or another study name")
+                spec = parse(study.user_attrs[ATTR_SPEC], f"study {spec.name!r} in {u.masked}")
+                if n_trials is not None:
+                    study.set_user_attr(ATTR_BUDGET, n_trials)
+            enqueued = False
+            if spec.anchor_name and not anchor_trials(study):
+                study.enqueue_trial(spec.anchor_params,
+                                    user_attrs={"anchor": True, "anchor_name": spec.anchor_name})
+                enqueued = True
+    return Opened(study, spec, fingerprint, created, enqueued, url)
+
+
+def load_stored(url: str | None, name: str, *, worker_index: int = 0, heartbeat: bool = True) -> Opened:
+    """Attach to an existing study; the definition comes from the database."""
+    url = resolve_url(url)
+    u = parse_url(url)
+    with creation_lock(url, name):
+        storage = open_storage(url, heartbeat=heartbeat)
+    with storage_errors(u):
+        if _study_id(storage, name) is None:
+            names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+            raise StudyNotFound(f"no study {name!r} in {u.masked}"
+                                + (f" (it has: {', '.join(names)})" if names else " (it has no studies)")
+                                + "; create it with h2s-search start")
+        plain = optuna.load_study(study_name=name, storage=storage)
+        spec = parse(plain.user_attrs.get(ATTR_SPEC, {}), f"study {name!r} in {u.masked}")
+        study = optuna.load_study(study_name=name, storage=storage, sampler=build_sampler(spec, worker_index),
+                                  pruner=build_pruner(spec))
+    return Opened(study, spec, plain.user_attrs.get(ATTR_FINGERPRINT, ""), False, False, url)
+
+
+def retried_numbers(trials) -> set[int]:
+    """Numbers of stale trials that the heartbeat callback re-queued (their retry stands in for them)."""
+    out = set()
+    for t in trials:
+        out.update(t.system_attrs.get("retry_history", []))
+    return out
+
+
+def budget_used(study: optuna.Study) -> tuple[int, int]:
+    """(trials counted against the budget, trials waiting to run)."""
+    trials = study.get_trials(deepcopy=False)
+    retried = retried_numbers(trials)
+    counted = [t for t in trials if t.number not in retried]
+    waiting = sum(t.state == TrialState.WAITING for t in counted)
+    return len(counted), waiting
+
+
+class BudgetGate:
+    """Admits a new trial only while the study's budget has room: N trials exactly, across all workers.
+
+    `enter()` takes the study lock and checks the budget; the objective calls `release()` as its first
+    act, after Optuna has created (or popped) the trial, so the count and the creation are atomic.
+    """
+
+    def __init__(self, opened: Opened):
+        self.o = opened
+        self._lock: contextlib.ExitStack | None = None
+        self._mutex = threading.Lock()
+
+    def enter(self) -> bool:
+        stack = contextlib.ExitStack()
+        stack.enter_context(creation_lock(self.o.url, self.o.spec.name))
+        budget = int(self.o.study.user_attrs.get(ATTR_BUDGET, self.o.spec.n_trials))
+        used, waiting = budget_used(self.o.study)
+        if used >= budget and waiting == 0:
+            stack.close()
+            return False
+        self._lock = stack
+        return True
+
+    def release(self) -> None:
+        with self._mutex:
+            if self._lock is not None:
+                self._lock.close()
+                self._lock = None

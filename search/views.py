@@ -1,0 +1,64 @@
+"""Rich views of a study summary, and the optuna-dashboard server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Group
+from rich.table import Table
+
+from .summary import comparison_lines
+
+STATE_ORDER = ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL")
+
+
+def status_view(s: dict):
+    states = Table(title=f"study {s['study']}  ({s['counted']}/{s['budget']} trials of the budget)", show_edge=False)
+    for name in STATE_ORDER:
+        states.add_column(name.lower(), justify="right")
+    states.add_row(*(str(s["states"].get(n, 0)) for n in STATE_ORDER))
+    parts = [states]
+    if s["running"]:
+        run = Table(title="running", show_edge=False)
+        for col in ("trial", "host", "device", "epochs", "for"):
+            run.add_column(col)
+        for r in s["running"]:
+            secs = r["running_seconds"]
+            run.add_row(f"{r['number']}{' (anchor)' if r['anchor'] else ''}", str(r["host"] or "-"),
+                        str(r["device"] or "-"), str(r["epochs_run"] or 0), "-" if secs is None else f"{secs:.0f}s")
+        parts.append(run)
+    lines = comparison_lines(s)[1:]
+    parts.extend(lines or ["no completed trial yet"])
+    return Group(*parts)
+
+
+def serve_dashboard(storage: str | None, host: str, port: int, artifacts: Path | None, say=print) -> None:
+    """optuna-dashboard on our storage, with the artifact store the workers upload to."""
+    from optuna_dashboard import run_server
+
+    from .storage import open_storage, parse_url, resolve_url
+
+    url = resolve_url(storage)
+    rdb = open_storage(url, heartbeat=False)
+    kw = {}
+    store = artifact_store(artifacts)
+    if store is not None:
+        kw["artifact_store"] = store
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        say(f"warning: optuna-dashboard has no authentication and is now reachable on {host}")
+    say(f"optuna-dashboard for {parse_url(url).masked} at http://{host}:{port}/ (Ctrl-C to stop)")
+    run_server(rdb, host=host, port=port, **kw)
+
+
+def artifact_store(folder: Path | None):
+    from optuna.artifacts import FileSystemArtifactStore
+
+    path = Path(folder or "h2s-artifacts")
+    if not path.exists():
+        return None if folder is None else FileSystemArtifactStore(str(_mkdir(path)))
+    return FileSystemArtifactStore(str(path))
+
+
+def _mkdir(p: Path) -> Path:
+    p.mkdir(parents=True, exist_ok=True)
+    return p

@@ -1,0 +1,1 @@
+"""Study definitions shipped with h2s-search (the TOML files beside this one)."""
