@@ -214,7 +214,8 @@ def start(
     from .launcher import start as run_start
     from .summary import comparison_lines
 
-    say = (lambda m: err.print(m, highlight=False)) if as_json else (lambda m: out.print(m, highlight=False))
+    say = (lambda m: err.print(m, highlight=False, markup=False)) if as_json else (
+        lambda m: out.print(m, highlight=False, markup=False))
     with _TrialProgress(enabled=not as_json) as bar:
         res = run_start(study, storage=storage, data=data, n_trials=n_trials, workers=workers, devices=devices,
                         checkpoint_dir=checkpoint_dir, say=say, progress=bar.update)

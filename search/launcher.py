@@ -72,8 +72,12 @@ def start(study: str, *, storage: str | None, data: Path | None, n_trials: int |
     say(f"study {opened.spec.name!r} {'created' if opened.created else 'loaded'} in {parse_url(url).masked}"
         + (f"; anchor {opened.spec.anchor_name} enqueued" if opened.anchor_enqueued else ""))
     t0 = time.perf_counter()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cpu_workers = sum(not d.startswith(("cuda", "mps")) for d in devs)
+    if cpu_workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // cpu_workers))  # no oversubscription
     procs = [subprocess.Popen(worker_command(opened.spec.name, url, choice.root, d, i, checkpoint_dir),
-                              stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                              stdin=subprocess.DEVNULL, env=env,
                               start_new_session=True)  # a terminal Ctrl-C reaches us once; we forward it
              for i, d in enumerate(devs)]
     say(f"{len(procs)} worker(s) on {', '.join(devs)}; Ctrl-C stops them after their current epoch")
