@@ -68,9 +68,11 @@ def run_training(cfg: TrainConfig, root: Path, out: Path, *, device: str = "auto
     """Load (packing on first use) and train; returns (TrainResult, TrainData)."""
     from .batches import TrainData
     from .checkpoint import LAST, load
+    from .device import resolve_device
     from .train import train
     from .vocab import Vocab
 
+    resolve_device(device)  # a wrong --device fails before minutes of packing
     vocab = None
     if resume and (Path(out) / LAST).exists():
         vocab = Vocab.from_list(load(Path(out) / LAST)["vocab"])  # resume keeps the run's own vocabulary

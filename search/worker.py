@@ -70,8 +70,12 @@ class StopFlag:
         return self.set
 
 
+_OOM_TEXT = ("out of memory", "can't allocate memory", "not enough memory")  # CUDA/MPS, CPU allocator
+
+
 def is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+    text = str(exc).lower()
+    return isinstance(exc, torch.OutOfMemoryError) or any(t in text for t in _OOM_TEXT)
 
 
 def retried_from(trial: optuna.Trial) -> int | None:

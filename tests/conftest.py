@@ -1,0 +1,93 @@
+"""Shared fixtures: a tiny synthetic How2Sign corpus and tiny study files, all in tmp folders."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from how2sign.config import TrainConfig
+from how2sign.synthetic import write_corpus
+
+TINY = dict(d_model=32, nhead=4, encoder_layers=1, decoder_layers=1, dim_feedforward=64, dropout=0.1,
+            batch_size=8, lr=1e-3, lr_min=1e-5, epochs=4, patience=10)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory, monkeypatch):
+    """No test touches the user's ~/.cache or a storage named in the environment."""
+    monkeypatch.setenv("H2S_HOME", str(tmp_path_factory.mktemp("h2s-home")))
+    monkeypatch.delenv("H2S_STORAGE", raising=False)
+
+
+@pytest.fixture(scope="session")
+def corpus_master(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("corpus") / "h2s"
+    write_corpus(root, train=40, val=10, test=10, seed=0)
+    return root
+
+
+@pytest.fixture
+def corpus(corpus_master, tmp_path) -> Path:
+    """A private copy, so a test may pack, damage or extend it freely."""
+    dst = tmp_path / "h2s"
+    shutil.copytree(corpus_master, dst, ignore=shutil.ignore_patterns("h2s-packed"))
+    return dst
+
+
+@pytest.fixture
+def tiny_cfg() -> TrainConfig:
+    return TrainConfig(**TINY)
+
+
+def study_toml(name: str = "tiny", *, n_trials: int = 3, epochs: int = 3, pruner: str = 'type = "none"',
+               extra: str = "", space: str | None = None, anchor: bool = True) -> str:
+    """A small study file in the shipped format; the model trains in about a second per epoch."""
+    space = space or """
+d_model = { type = "categorical", choices = [16, 32] }
+dropout = { type = "float", low = 0.0, high = 0.3 }
+lr = { type = "float", low = 1e-4, high = 3e-3, log = true }
+"""
+    anchor_block = """
+[anchor]
+name = "v4"
+params = { d_model = 32, dropout = 0.1, lr = 1e-3 }
+""" if anchor else ""
+    return f"""
+name = "{name}"
+description = "tiny test study"
+n_trials = {n_trials}
+
+[train]
+nhead = 4
+encoder_layers = 1
+decoder_layers = 1
+dim_feedforward = 64
+batch_size = 8
+epochs = {epochs}
+patience = 10
+lr_min = 1e-5
+
+[space]
+{space}
+{anchor_block}
+[pruner]
+{pruner}
+
+[sampler]
+type = "tpe"
+seed = 0
+n_startup_trials = 2
+{extra}
+"""
+
+
+@pytest.fixture
+def write_study(tmp_path):
+    def write(name: str = "tiny", **kw) -> Path:
+        path = tmp_path / f"{name}.toml"
+        path.write_text(study_toml(name, **kw))
+        return path
+
+    return write
