@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,10 +10,6 @@ from .config import TrainConfig
 from .presets import preset
 
 SPLITS = ("train", "val", "test")
-
-
-def h2s_home() -> Path:
-    return Path(os.environ.get("H2S_HOME") or Path.home() / ".cache" / "h2s-search")
 
 
 @dataclass

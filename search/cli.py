@@ -25,6 +25,7 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 DataOpt = Annotated[Path | None, typer.Option("--data", help="How2Sign root folder (default: the built-in synthetic corpus).")]
+PACK_LIST = 20  # skipped clips listed by name per split
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object for scripts.")]
 
 
@@ -94,6 +95,7 @@ def say_data(choice, as_json: bool = False) -> None:
 StorageOpt = Annotated[str | None, typer.Option("--storage", help="Optuna storage URL (default: $H2S_STORAGE, then sqlite:///h2s-search.db).")]
 StudyOpt = Annotated[str, typer.Option("--study", help="Study name, or a path to a study .toml file.")]
 CheckpointOpt = Annotated[Path | None, typer.Option("--checkpoint-dir", help="Checkpoint folder shared by the workers (default: $H2S_CHECKPOINTS, then ./h2s-checkpoints).")]
+ArtifactOpt = Annotated[Path | None, typer.Option("--artifact-dir", help="Artifact store for learning curves, translations and metrics.json, shared by the workers (default: $H2S_ARTIFACTS, then ./h2s-artifacts).")]
 
 
 # --------------------------------------------------------------------------- data
@@ -130,8 +132,15 @@ def data_pack(
         return
     for s, row in zip(splits, rows, strict=True):
         skipped = ", ".join(f"{n} {why}" for why, n in row["skipped"].items()) or "none"
-        out.print(f"[bold]{row['split']}[/]: packed {row['packed']} clips, {row['frames']} frames; "
-                  f"skipped {sum(row['skipped'].values())} ({skipped}); cache {s.path}", highlight=False)
+        corrupt = f"; {row['corrupt_files']} corrupt keypoint files read as empty frames" if row["corrupt_files"] else ""
+        out.print(f"[bold]{row['split']}[/]: packed {row['packed']} of {row['rows']} clips, {row['frames']} frames; "
+                  f"skipped {sum(row['skipped'].values())} ({skipped}){corrupt}; cache {s.path}", highlight=False)
+        shown = row["skipped_clips"][:PACK_LIST]
+        for name, why in shown:
+            out.print(f"  skipped {name}: {why}", highlight=False, markup=False)
+        if len(row["skipped_clips"]) > len(shown):
+            out.print(f"  ... and {len(row['skipped_clips']) - len(shown)} more (all listed by --json)",
+                      highlight=False)
 
 
 # --------------------------------------------------------------------------- train / evaluate
@@ -205,9 +214,10 @@ def start(
     storage: StorageOpt = None,
     data: DataOpt = None,
     n_trials: Annotated[int | None, typer.Option(help="Trial budget of the study (default: the study file's).")] = None,
-    workers: Annotated[int, typer.Option(help="Local worker processes.")] = 1,
+    workers: Annotated[int, typer.Option(help="Local worker processes (0: only create the study and enqueue the anchor).")] = 1,
     devices: Annotated[str | None, typer.Option(help="One worker per device, e.g. cuda:0,cuda:1.")] = None,
     checkpoint_dir: CheckpointOpt = None,
+    artifact_dir: ArtifactOpt = None,
     as_json: JsonOpt = False,
 ):
     """Create (or load) the study, enqueue the anchor once, run local workers, and compare the best with it."""
@@ -218,7 +228,7 @@ def start(
         lambda m: out.print(m, highlight=False, markup=False))
     with _TrialProgress(enabled=not as_json) as bar:
         res = run_start(study, storage=storage, data=data, n_trials=n_trials, workers=workers, devices=devices,
-                        checkpoint_dir=checkpoint_dir, say=say, progress=bar.update)
+                        checkpoint_dir=checkpoint_dir, say=say, progress=bar.update, artifact_dir=artifact_dir)
     if as_json:
         print(json.dumps({"study": res.study, "storage": res.url, "seconds": res.seconds,
                           "exit_codes": res.exit_codes, **res.summary}, default=str))
@@ -240,6 +250,7 @@ def worker(
     n_trials: Annotated[int | None, typer.Option(help="At most this many trials from this worker.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     checkpoint_dir: CheckpointOpt = None,
+    artifact_dir: ArtifactOpt = None,
     worker_index: Annotated[int, typer.Option(help="Distinct per worker on one host; offsets the sampler seed.", hidden=True)] = 0,
 ):
     """Join a study from the database and run trials until its budget is spent."""
@@ -250,7 +261,8 @@ def worker(
     choice = choose_data(data)
     err.print(f"worker {worker_index}: {choice.describe()}", highlight=False)
     res = run_worker(WorkerSettings(study=study, storage=storage, data_root=choice.root, device=device,
-                                    n_trials=n_trials, checkpoint_dir=checkpoint_dir, worker_index=worker_index),
+                                    n_trials=n_trials, checkpoint_dir=checkpoint_dir, worker_index=worker_index,
+                                    artifact_dir=artifact_dir),
                      log=lambda m: err.print(f"worker {worker_index}: {m}", highlight=False))
     err.print(f"worker {worker_index}: ran {res['ran']} trial(s)"
               + (f", stopped by {res['stopped']}" if res["stopped"] else ""), highlight=False)
@@ -310,6 +322,31 @@ def best(study: StudyOpt = "capacity", storage: StorageOpt = None, as_json: Json
 
 @app.command()
 @command
+def report(
+    study: StudyOpt = "capacity",
+    storage: StorageOpt = None,
+    out_file: Annotated[Path | None, typer.Option("--out", help="File to write (default: report.html, or report.tex with --format latex).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="html: the self-contained page; latex: the results table as a tabular.")] = "html",
+    figures: Annotated[Path | None, typer.Option(help="Also write each figure as PDF and PNG into this folder.")] = None,
+):
+    """Write the study's report: one offline HTML page with plotly figures, or a LaTeX table; optional PDF/PNG figures."""
+    from .report import write_report
+    from .storage import parse_url
+    from .study import load_stored
+
+    opened = load_stored(storage, study, heartbeat=False)
+    target = out_file or Path("report.tex" if fmt == "latex" else "report.html")
+    res = write_report(opened.study, target, storage_desc=parse_url(opened.url).masked, fmt=fmt, figures_dir=figures)
+    what = "LaTeX table" if fmt == "latex" else f"report with {len(res.figures)} figure(s)"
+    out.print(f"wrote {what} for study {study!r} ({res.trials} trials) to {res.path}", highlight=False)
+    for name, why in res.missing.items():
+        out.print(f"  {name}: {why}", highlight=False)
+    if figures is not None:
+        out.print(f"wrote {len(res.files)} figure file(s) (PDF and PNG) to {figures}", highlight=False)
+
+
+@app.command()
+@command
 def reproduce(
     study: StudyOpt = "capacity",
     trial: Annotated[int, typer.Option("--trial", help="Trial number to re-run.")] = 0,
@@ -340,7 +377,7 @@ def dashboard(
     storage: StorageOpt = None,
     host: Annotated[str, typer.Option(help="Interface to bind. The dashboard has no authentication.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8080,
-    artifacts: Annotated[Path | None, typer.Option(help="Artifact store folder (default: ./h2s-artifacts).")] = None,
+    artifacts: Annotated[Path | None, typer.Option(help="Artifact store folder the workers upload to (default: $H2S_ARTIFACTS, then ./h2s-artifacts).")] = None,
 ):
     """Serve optuna-dashboard on the same storage (no authentication: binds to 127.0.0.1 by default)."""
     from .views import serve_dashboard

@@ -46,7 +46,7 @@ def test_start_runs_the_study_and_records_everything(corpus, write_study, tmp_pa
     assert len(anchor) == 1 and anchor[0].params == {"d_model": 32, "dropout": 0.1, "lr": 1e-3}
     assert anchor[0].user_attrs["anchor_name"] == "v4"
     for t in ts:
-        assert ATTRS | QUALITY <= set(t.user_attrs), set(ATTRS | QUALITY) - set(t.user_attrs)
+        assert set(t.user_attrs) >= ATTRS | QUALITY, set(ATTRS | QUALITY) - set(t.user_attrs)
         assert t.user_attrs["epochs_run"] == 2 and t.user_attrs["params"] > 0
         assert sorted(t.intermediate_values) == [1, 2]
         assert Path(t.user_attrs["checkpoint"], "best_checkpoint.pt").exists()
