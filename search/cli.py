@@ -78,7 +78,9 @@ class _TrialProgress:
         st = s["states"]
         done = sum(st.get(k, 0) for k in ("COMPLETE", "PRUNED", "FAIL"))
         best = s["best"][0]["val_loss"] if s["best"] else None
-        info = f"{st.get('RUNNING', 0)} running, {st.get('PRUNED', 0)} pruned" + (
+        # Epochs inside the running trials: each worker records epochs_run after every epoch.
+        epochs = ", ".join(f"trial {r['number']} in epoch {(r['epochs_run'] or 0) + 1}" for r in s.get("running", []))
+        info = f"{st.get('RUNNING', 0)} running{f' ({epochs})' if epochs else ''}, {st.get('PRUNED', 0)} pruned" + (
             f", best val_loss {best:.4f}" if best is not None else "")
         self.p.update(self.task, total=s["budget"], completed=done, info=info)
 
@@ -291,13 +293,19 @@ def status(
         return
     import time
 
+    from rich.console import Group
     from rich.live import Live
+    from rich.text import Text
+
+    def view():
+        stamp = Text(f"updated {time.strftime('%H:%M:%S')}, every {interval:g}s; Ctrl-C stops", style="dim")
+        return Group(status_view(summarize(opened.study)), stamp)
 
     try:
-        with Live(status_view(summarize(opened.study)), console=out, refresh_per_second=4) as live:
+        with Live(view(), console=out, refresh_per_second=4) as live:
             while True:
                 time.sleep(interval)
-                live.update(status_view(summarize(opened.study)))
+                live.update(view())
     except KeyboardInterrupt:
         pass
 

@@ -32,11 +32,14 @@ class StartResult:
     exit_codes: list[int]
 
 
-def worker_command(study: str, url: str, data: Path, device: str, index: int, checkpoint_dir: Path | None) -> list[str]:
+def worker_command(study: str, url: str, data: Path, device: str, index: int, checkpoint_dir: Path | None,
+                   artifact_dir: Path | None = None) -> list[str]:
     cmd = [sys.executable, "-m", "search.cli", "worker", "--study", study, "--storage", url, "--data", str(data),
            "--device", device, "--worker-index", str(index)]
     if checkpoint_dir:
         cmd += ["--checkpoint-dir", str(checkpoint_dir)]
+    if artifact_dir:
+        cmd += ["--artifact-dir", str(artifact_dir)]
     return cmd
 
 
@@ -46,13 +49,14 @@ def plan_devices(workers: int, devices: str | None) -> list[str]:
         if not devs:
             raise UserError("--devices is empty; give a list like cuda:0,cuda:1")
         return devs
-    if workers < 1:
-        raise UserError(f"--workers must be >= 1, got {workers}")
-    return ["cpu" if workers > 1 else "auto"] * workers
+    if workers < 0:
+        raise UserError(f"--workers must be >= 0, got {workers}")
+    return ["cpu" if workers > 1 else "auto"] * workers  # 0: only create the study (workers attach elsewhere)
 
 
 def start(study: str, *, storage: str | None, data: Path | None, n_trials: int | None, workers: int,
-          devices: str | None, checkpoint_dir: Path | None, say=print, progress=None) -> StartResult:
+          devices: str | None, checkpoint_dir: Path | None, say=print, progress=None,
+          artifact_dir: Path | None = None) -> StartResult:
     spec = load_spec(study)
     choice = choose_data(data)
     say(choice.describe())
@@ -76,11 +80,15 @@ def start(study: str, *, storage: str | None, data: Path | None, n_trials: int |
     cpu_workers = sum(not d.startswith(("cuda", "mps")) for d in devs)
     if cpu_workers > 1 and "OMP_NUM_THREADS" not in os.environ:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // cpu_workers))  # no oversubscription
-    procs = [subprocess.Popen(worker_command(opened.spec.name, url, choice.root, d, i, checkpoint_dir),
+    procs = [subprocess.Popen(worker_command(opened.spec.name, url, choice.root, d, i, checkpoint_dir, artifact_dir),
                               stdin=subprocess.DEVNULL, env=env,
                               start_new_session=True)  # a terminal Ctrl-C reaches us once; we forward it
              for i, d in enumerate(devs)]
-    say(f"{len(procs)} worker(s) on {', '.join(devs)}; Ctrl-C stops them after their current epoch")
+    if procs:
+        say(f"{len(procs)} worker(s) on {', '.join(devs)}; Ctrl-C stops them after their current epoch")
+    else:
+        say(f"no local workers; attach some with: h2s-search worker --study {opened.spec.name} "
+            f"--storage {parse_url(url).masked}")
 
     def forward(signum, _frame):
         for p in procs:

@@ -76,7 +76,10 @@ def _study_id(storage, name: str) -> int | None:
 
 
 def anchor_trials(study: optuna.Study) -> list:
-    return [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("anchor") is True]
+    """Trials with anchor=true; a stale anchor that was re-queued is represented by its retry alone."""
+    trials = study.get_trials(deepcopy=False)
+    retried = retried_numbers(trials)
+    return [t for t in trials if t.user_attrs.get("anchor") is True and t.number not in retried]
 
 
 def create_or_load(url: str | None, spec: StudySpec, fingerprint: str, data_desc: str = "",
@@ -102,6 +105,9 @@ def create_or_load(url: str | None, spec: StudySpec, fingerprint: str, data_desc
                 if spec.anchor_name:
                     study.set_user_attr("anchor_note", f"Trial with user attribute anchor=true is the "
                                         f"{spec.anchor_name} setting, enqueued once as the reference.")
+                from .artifacts import write_study_note
+
+                write_study_note(study, spec)  # optuna-dashboard's study note: what the anchor is
             else:
                 study = optuna.load_study(study_name=spec.name, storage=storage)
                 stored = study.user_attrs.get(ATTR_FINGERPRINT)
@@ -167,12 +173,23 @@ class BudgetGate:
         self.o = opened
         self._lock: contextlib.ExitStack | None = None
         self._mutex = threading.Lock()
+        self.last_trial: int | None = None  # the number of the trial admitted last (set by the objective)
 
     def enter(self) -> bool:
         stack = contextlib.ExitStack()
-        stack.enter_context(creation_lock(self.o.url, self.o.spec.name))
-        budget = int(self.o.study.user_attrs.get(ATTR_BUDGET, self.o.spec.n_trials))
-        used, waiting = budget_used(self.o.study)
+        stack.enter_context(creation_lock(self.o.url, self.o.spec.name, reconnect=True))
+        try:
+            budget = int(self.o.study.user_attrs.get(ATTR_BUDGET, self.o.spec.n_trials))
+            used, waiting = budget_used(self.o.study)
+            if used >= budget and waiting == 0 and self.running():
+                # A dead worker's trial must be failed and re-queued before we give up: Optuna does this only
+                # at the start of a trial (inside optimize, under this lock), and with the budget spent no
+                # trial would start, so it would stay RUNNING for ever.
+                fail_stale_trials(self.o.study)
+                used, waiting = budget_used(self.o.study)
+        except BaseException:
+            stack.close()
+            raise
         if used >= budget and waiting == 0:
             stack.close()
             return False
@@ -184,3 +201,16 @@ class BudgetGate:
             if self._lock is not None:
                 self._lock.close()
                 self._lock = None
+
+    def running(self) -> list[int]:
+        """Numbers of RUNNING trials: with the budget spent, one of them may yet go stale and be re-queued."""
+        return [t.number for t in self.o.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Fail trials whose heartbeat stopped (their worker died) and re-queue them via the retry callback."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)

@@ -44,6 +44,9 @@ def serve_dashboard(storage: str | None, host: str, port: int, artifacts: Path |
     store = artifact_store(artifacts)
     if store is not None:
         kw["artifact_store"] = store
+        from .artifacts import artifact_root
+
+        say(f"artifacts (learning curves, translations, metrics.json) from {artifact_root(artifacts)}")
     if host not in ("127.0.0.1", "localhost", "::1"):
         say(f"warning: optuna-dashboard has no authentication and is now reachable on {host}")
     say(f"optuna-dashboard for {parse_url(url).masked} at http://{host}:{port}/ (Ctrl-C to stop)")
@@ -51,14 +54,7 @@ def serve_dashboard(storage: str | None, host: str, port: int, artifacts: Path |
 
 
 def artifact_store(folder: Path | None):
-    from optuna.artifacts import FileSystemArtifactStore
+    """The store the workers upload to: --artifacts, then $H2S_ARTIFACTS, then ./h2s-artifacts (created)."""
+    from .artifacts import open_store
 
-    path = Path(folder or "h2s-artifacts")
-    if not path.exists():
-        return None if folder is None else FileSystemArtifactStore(str(_mkdir(path)))
-    return FileSystemArtifactStore(str(path))
-
-
-def _mkdir(p: Path) -> Path:
-    p.mkdir(parents=True, exist_ok=True)
-    return p
+    return open_store(folder)

@@ -20,10 +20,11 @@ from how2sign.batches import TrainData
 from how2sign.checkpoint import BEST, LAST, CheckpointError
 from how2sign.device import describe, free_memory, resolve_device
 from how2sign.evaluate import evaluate_checkpoint
-from how2sign.model import ConfigError
 from how2sign.train import NonFiniteLoss, train
 
+from .artifacts import note_anchor, open_store, record_trial
 from .space import config_from_trial
+from .storage import heartbeat_settings, set_user_attrs
 from .study import BudgetGate, FingerprintMismatch, Opened, load_stored
 
 CHECKPOINT_ENV = "H2S_CHECKPOINTS"
@@ -43,6 +44,7 @@ class WorkerSettings:
     checkpoint_dir: Path | None = None   # shared by the fleet; default ./h2s-checkpoints
     worker_index: int = 0
     quiet: bool = False
+    artifact_dir: Path | None = None     # artifact store, shared like checkpoints; default ./h2s-artifacts
 
 
 def checkpoint_root(settings: WorkerSettings) -> Path:
@@ -90,30 +92,32 @@ def make_objective(opened: Opened, data: TrainData, settings: WorkerSettings, ga
     device = resolve_device(settings.device)
     root = checkpoint_root(settings) / spec.name
     host = socket.gethostname()
+    store = open_store(settings.artifact_dir)
 
     def objective(trial: optuna.Trial):
         gate.release()  # the trial exists now: other workers may create theirs
+        gate.last_trial = trial.number
         t0 = time.perf_counter()
         attrs = trial.user_attrs
-        if "anchor" not in attrs:
-            trial.set_user_attr("anchor", False)
         out = root / f"trial-{trial.number:05d}"
         previous = attrs.get("checkpoint")  # inherited by a heartbeat retry from the dead trial
-        trial.set_user_attr("checkpoint", str(out))
-        for k, v in {"host": host, "device": describe(device), "h2s_version": __version__,
-                     "torch_version": str(torch.__version__), "optuna_version": optuna.__version__,
-                     "resumed_from_epoch": None, "fail_reason": None}.items():
-            trial.set_user_attr(k, v)
+        set_user_attrs(trial, {**({} if "anchor" in attrs else {"anchor": False}), "checkpoint": str(out),
+                               "host": host, "device": describe(device), "h2s_version": __version__,
+                               "torch_version": str(torch.__version__), "optuna_version": optuna.__version__,
+                               "resumed_from_epoch": None, "fail_reason": None})  # one transaction
         try:
             cfg = config_from_trial(trial, spec)
-        except ConfigError as exc:
+        except ValueError as exc:  # ConfigError, or enqueued params outside the space
             trial.set_user_attr("fail_reason", f"config: {exc}")
             raise TrialFailed(str(exc)) from None
         trial.set_user_attr("seed", cfg.seed)
+        note_anchor(trial)  # the anchor is recognisable in the dashboard while it runs
+        # The floor a cosine schedule reaches on purpose; below it a learning rate has collapsed (diagnosis).
+        lr_floor = cfg.lr_min if cfg.scheduler == "cosine" else None
 
         resume = None
         if retried_from(trial) is not None and previous and (Path(previous) / LAST).exists():
-            resume = Path(previous) / LAST
+            resume = _carry_over(Path(previous), out)
         state = {"best": math.inf}
 
         def report(epoch: int, val_loss: float) -> None:
@@ -131,6 +135,7 @@ def make_objective(opened: Opened, data: TrainData, settings: WorkerSettings, ga
                                should_stop=stop)
             except optuna.TrialPruned:
                 _record_partial(trial, out, t0)
+                record_trial(trial, out, store, lr_min=lr_floor, pruned=True, log=log)
                 raise
         except (NonFiniteLoss, CheckpointError) as exc:
             trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
@@ -146,14 +151,15 @@ def make_objective(opened: Opened, data: TrainData, settings: WorkerSettings, ga
             trial.set_user_attr("fail_reason", f"interrupted by {stop.signal or 'stop request'}")
             raise TrialFailed("interrupted")
         ev = evaluate_checkpoint(Path(out) / BEST, data.root, "val", device=str(device), criteria=spec.criteria)
-        for k in ("bleu", "chrf", "vocab_coverage", "repetition_rate"):
-            trial.set_user_attr(k, float(getattr(ev, k)))
         verdict = ev.verdict
-        trial.set_user_attr("verdict", verdict)
-        trial.set_user_attr("samples", [{"reference": r, "hypothesis": h}
-                                        for r, h in list(zip(ev.references, ev.hypotheses, strict=True))[:5]])
+        quality = {k: float(getattr(ev, k)) for k in ("bleu", "chrf", "vocab_coverage", "repetition_rate")}
+        samples = [{"reference": r, "hypothesis": h}
+                   for r, h in list(zip(ev.references, ev.hypotheses, strict=True))[:5]]
+        set_user_attrs(trial, {**quality, "verdict": verdict, "samples": samples})
+        record_trial(trial, out, store, history=result.history, lr_min=lr_floor,
+                     samples=(ev.references, ev.hypotheses), log=log)
         if spec.max_gap is not None:
-            trial.set_constraint([result.gap - spec.max_gap])  # feasible when <= 0
+            trial.set_constraint("gap", result.gap - spec.max_gap)  # feasible when <= 0
         values = {"val_loss": result.best_val_loss, "params": float(result.params), "bleu": ev.bleu,
                   "chrf": ev.chrf, "gap": result.gap}
         log(f"trial {trial.number}: val_loss {result.best_val_loss:.4f} (epoch {result.best_epoch}/"
@@ -164,12 +170,33 @@ def make_objective(opened: Opened, data: TrainData, settings: WorkerSettings, ga
     return objective
 
 
+def _carry_over(previous: Path, out: Path) -> Path:
+    """Copy a dead attempt's checkpoints into this attempt's folder; returns the checkpoint to resume from.
+
+    The retry then owns a complete run folder: its best checkpoint exists even if no later epoch improves
+    on it (the evaluation reads it), and a retry killed before its first epoch still leaves a resumable
+    last checkpoint for the next retry.
+    """
+    import shutil
+
+    out.mkdir(parents=True, exist_ok=True)
+    if previous.resolve() != out.resolve():
+        for name in (LAST, BEST, "metrics.json"):
+            if (previous / name).exists():
+                tmp = out / f".{name}.{os.getpid()}.tmp"
+                shutil.copyfile(previous / name, tmp)
+                os.replace(tmp, out / name)
+    return out / LAST
+
+
 def _record_result(trial, result, t0: float) -> None:
+    values = {}
     for k, v in {"params": result.params, "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
                  "train_loss": result.train_loss, "val_loss": result.best_val_loss, "gap": result.gap,
                  "seconds": time.perf_counter() - t0, "frames_per_second": result.frames_per_second,
                  "resumed_from_epoch": result.resumed_from_epoch}.items():
-        trial.set_user_attr(k, _finite(v))
+        values[k] = _finite(v)
+    set_user_attrs(trial, values)
 
 
 def _record_partial(trial, out: Path, t0: float) -> None:
@@ -205,26 +232,65 @@ def run_worker(settings: WorkerSettings, log=None) -> dict:
         raise FingerprintMismatch(
             f"data {settings.data_root} has fingerprint {data.fingerprint[:12]}, but study {settings.study!r} "
             f"was created on {opened.fingerprint[:12]}; every worker must use the same data")
+    # Our own line per trial says why it failed; Optuna's would add a traceback each time.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     stop = StopFlag()
     stop.install()
     gate = BudgetGate(opened)
     objective = make_objective(opened, data, settings, gate, stop, log)
-    ran = 0
+    ran, waited = 0, False
     deadline = time.monotonic() + opened.spec.timeout if opened.spec.timeout else None
     while not stop() and (settings.n_trials is None or ran < settings.n_trials):
         if deadline and time.monotonic() > deadline:
             break
         if not gate.enter():
-            break
+            # The budget is spent, but a trial still RUNNING may belong to a dead worker: stay until it
+            # finishes, or goes stale and is re-queued (then we run the retry), so nothing is lost.
+            running = gate.running()
+            if not running:
+                break
+            if not waited:
+                log(f"budget spent; waiting for trial(s) {', '.join(map(str, running))} to finish "
+                    "(or to go stale and be retried here)")
+                waited = True
+            _pause(heartbeat_settings()[0], stop)
+            continue
+        waited, gate.last_trial = False, None
         try:
             opened.study.optimize(objective, n_trials=1, catch=(TrialFailed,), gc_after_trial=True)
+        except (optuna.exceptions.UpdateFinishedTrialError, ValueError) as exc:
+            ended = _ended_elsewhere(opened.study, gate.last_trial, exc)
+            if ended is None:
+                raise
+            log(f"trial {gate.last_trial} was marked {ended} while running here (its heartbeat lapsed, so "
+                "another worker failed it and re-queued a retry); going on")
         finally:
             gate.release()
         ran += 1
+        last = next((t for t in opened.study.get_trials(deepcopy=False) if t.number == gate.last_trial), None)
+        if last is not None and last.state == TrialState.FAIL:
+            log(f"trial {last.number}: failed: {last.user_attrs.get('fail_reason')}")
+        elif last is not None and last.state == TrialState.PRUNED:
+            log(f"trial {last.number}: pruned after epoch {last.user_attrs.get('epochs_run')}")
     states = {}
     for t in opened.study.get_trials(deepcopy=False):
         states[t.state.name] = states.get(t.state.name, 0) + 1
     return {"ran": ran, "stopped": stop.signal or None, "states": states}
+
+
+def _pause(seconds: float, stop: StopFlag) -> None:
+    end = time.monotonic() + seconds
+    while not stop() and time.monotonic() < end:
+        time.sleep(0.1)
+
+
+def _ended_elsewhere(study, number: int | None, exc: BaseException) -> str | None:
+    """The state of our trial if another process finished it under us (a stale heartbeat), else None."""
+    if number is None or not (isinstance(exc, optuna.exceptions.UpdateFinishedTrialError)
+                              or str(exc).startswith("Cannot tell a")):
+        return None
+    t = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
+    return t.state.name if t is not None and t.state.is_finished() else None
 
 
 def unfinished(study) -> list:

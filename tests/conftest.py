@@ -17,7 +17,10 @@ TINY = dict(d_model=32, nhead=4, encoder_layers=1, decoder_layers=1, dim_feedfor
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory, monkeypatch):
     """No test touches the user's ~/.cache or a storage named in the environment."""
-    monkeypatch.setenv("H2S_HOME", str(tmp_path_factory.mktemp("h2s-home")))
+    home = tmp_path_factory.mktemp("h2s-home")
+    monkeypatch.setenv("H2S_HOME", str(home))
+    monkeypatch.setenv("H2S_ARTIFACTS", str(home / "artifacts"))
+    monkeypatch.setenv("H2S_CHECKPOINTS", str(home / "checkpoints"))
     monkeypatch.delenv("H2S_STORAGE", raising=False)
 
 

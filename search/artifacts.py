@@ -1,0 +1,191 @@
+"""What a finished trial leaves for people to look at: diagnosis attributes, dashboard artifacts, notes.
+
+Every finished trial (complete or pruned) gets:
+- the user attributes `overfit_epoch`, `final_gap`, `lr_collapsed` and a one-line `diagnosis`;
+- three artifacts in the Optuna artifact store that optuna-dashboard shows on the trial's page:
+  `learning_curve.png` (train/validation loss and learning rate per epoch), `translations.csv`
+  (a sample of validation references against hypotheses; complete trials only) and `metrics.json`.
+The study gets a dashboard note explaining the anchor trial, and the anchor trial a note of its own.
+
+The artifact folder is shared by the fleet like the checkpoint folder: `--artifact-dir`, then
+$H2S_ARTIFACTS, then ./h2s-artifacts. `h2s-search dashboard --artifacts` resolves it the same way.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+from .diagnosis import Diagnosis, diagnose
+
+__all__ = ["ARTIFACTS_ENV", "LEARNING_CURVE", "METRICS", "TRANSLATIONS", "anchor_note", "artifact_root",
+           "learning_curve_png", "note_anchor", "open_store", "record_trial", "study_note", "translations_csv",
+           "write_study_note"]
+
+ARTIFACTS_ENV = "H2S_ARTIFACTS"
+DEFAULT_FOLDER = "h2s-artifacts"
+LEARNING_CURVE, TRANSLATIONS, METRICS = "learning_curve.png", "translations.csv", "metrics.json"
+SAMPLE_SIZE = 50  # validation translations per trial, evenly spread over the split
+
+
+def artifact_root(folder: Path | str | None = None) -> Path:
+    """--artifact-dir / --artifacts, then $H2S_ARTIFACTS, then ./h2s-artifacts."""
+    return Path(folder or os.environ.get(ARTIFACTS_ENV) or DEFAULT_FOLDER).resolve()
+
+
+def open_store(folder: Path | str | None = None):
+    from optuna.artifacts import FileSystemArtifactStore
+
+    root = artifact_root(folder)
+    root.mkdir(parents=True, exist_ok=True)
+    return FileSystemArtifactStore(str(root))
+
+
+# --------------------------------------------------------------------------- files
+def learning_curve_png(history: list[dict], path: Path, title: str = "") -> Path:
+    """Train and validation loss per epoch, best epoch marked, learning rate on a log axis."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    recs = sorted(history, key=lambda h: h["epoch"])
+    epochs = [h["epoch"] for h in recs]
+    fig = Figure(figsize=(6.4, 3.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.plot(epochs, [h["train_loss"] for h in recs], "o-", color="#1f77b4", label="train loss", ms=3)
+    ax.plot(epochs, [h["val_loss"] for h in recs], "o-", color="#d62728", label="validation loss", ms=3)
+    if recs:
+        best = min(recs, key=lambda h: h["val_loss"])
+        ax.axvline(best["epoch"], color="#888", ls=":", lw=1)
+        ax.annotate(f"best {best['val_loss']:.3f}", (best["epoch"], best["val_loss"]), xytext=(4, 8),
+                    textcoords="offset points", fontsize=8, color="#444")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("token cross-entropy")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    lrs = [(h["epoch"], h["lr"]) for h in recs if h.get("lr")]
+    handles, labels = ax.get_legend_handles_labels()
+    if lrs:
+        ax2 = ax.twinx()
+        line = ax2.plot([e for e, _ in lrs], [lr for _, lr in lrs], "--", color="#2ca02c", lw=1, label="learning rate")
+        ax2.set_yscale("log")
+        ax2.set_ylabel("learning rate", color="#2ca02c")
+        handles += line
+        labels.append("learning rate")
+    ax.legend(handles, labels, fontsize=8, loc="upper right")
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def translations_csv(references: list[str], hypotheses: list[str], path: Path, n: int = SAMPLE_SIZE) -> Path:
+    """An evenly spread sample: `row` is the clip's row in the split's CSV (as in --predictions)."""
+    total = len(references)
+    rows = sorted({round(k * (total - 1) / max(n - 1, 1)) for k in range(min(n, total))}) if total else []
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["row", "reference", "hypothesis"])
+        for r in rows:
+            w.writerow([r, references[r], hypotheses[r]])
+    return path
+
+
+# --------------------------------------------------------------------------- notes
+def study_note(spec) -> str:
+    """The study's dashboard note (Markdown): what the anchor is and where the evidence lives."""
+    params = ", ".join(f"`{k}={v}`" for k, v in spec.anchor_params.items())
+    lines = [f"## {spec.name}", "", spec.description, ""]
+    if spec.anchor_name:
+        lines += [
+            f"**Anchor trial.** The trial whose user attribute `anchor` is `true` (`anchor_name` = "
+            f"`{spec.anchor_name}`) is the researcher's hand-tuned **{spec.anchor_name.upper()}** setting: "
+            f"{params}. It was enqueued once, when this study was created (usually trial 0), and every other "
+            "trial is measured against it. Its own note says so too; sort or filter the trial table by the "
+            "`anchor` user attribute to find it.", ""]
+    lines += [
+        "**Per trial.** Finished trials carry `learning_curve.png`, `translations.csv` (reference against "
+        "hypothesis on validation clips) and `metrics.json` as artifacts, and a diagnosis read from their "
+        "curves: `overfit_epoch`, `final_gap`, `lr_collapsed` and the sentence in `diagnosis`.", "",
+        "BLEU and chrF are on sacrebleu's 0-100 scale (the notes' BLEU 0.008 is 0.8 here). "
+        "`h2s-search report` writes all of this into one HTML page."]
+    return "\n".join(lines)
+
+
+def write_study_note(study, spec) -> None:
+    from optuna_dashboard import save_note
+
+    save_note(study, study_note(spec))
+
+
+def anchor_note(name: str, params: dict, attrs: dict | None = None) -> str:
+    rows = "\n".join(f"| {k} | {v} |" for k, v in params.items())
+    text = (f"## Anchor: {name.upper()}\n\nThis is the study's **anchor trial** (user attributes `anchor` = true, "
+            f"`anchor_name` = `{name}`): the researcher's hand-tuned {name.upper()} setting, enqueued once as "
+            f"the reference that every other trial is compared with.\n\n| parameter | value |\n|---|---|\n{rows}\n")
+    if attrs:
+        def fmt(k, spec):
+            v = attrs.get(k)
+            return "-" if v is None else format(v, spec) if isinstance(v, int | float) else str(v)
+
+        text += (f"\n**Result:** validation loss {fmt('val_loss', '.4f')}, gap {fmt('gap', '.3f')}, "
+                 f"BLEU {fmt('bleu', '.2f')}, verdict {fmt('verdict', '')}, "
+                 f"{fmt('params', ',')} parameters.\n\n**Diagnosis:** {fmt('diagnosis', '')}\n")
+    return text
+
+
+def note_anchor(trial, params: dict | None = None) -> None:
+    """Write (or rewrite, with results) the anchor trial's dashboard note; no-op for other trials."""
+    attrs = trial.user_attrs
+    if attrs.get("anchor") is not True:
+        return
+    from optuna_dashboard import save_note
+
+    done = attrs if "diagnosis" in attrs else None
+    save_note(trial, anchor_note(str(attrs.get("anchor_name") or "anchor"), params or trial.params, done))
+
+
+# --------------------------------------------------------------------------- the worker's hook
+def record_trial(trial, run_dir: Path, store, *, history: list[dict] | None = None, lr_min: float | None = None,
+                 samples: tuple[list[str], list[str]] | None = None, pruned: bool = False,
+                 log=print) -> Diagnosis:
+    """Diagnose a finished trial, record the attributes, upload its artifacts and note the anchor.
+
+    history defaults to run_dir/metrics.json's epochs. Failing to render or upload is logged, never
+    fatal: the trial's result matters more than its pictures.
+    """
+    run_dir = Path(run_dir)
+    metrics = run_dir / METRICS
+    if history is None:
+        try:
+            history = json.loads(metrics.read_text())["epochs"]
+        except (OSError, ValueError, KeyError):
+            history = []
+    diag = diagnose(history, lr_min=lr_min)
+    attrs = diag.attrs(pruned)
+    for k, v in attrs.items():
+        trial.set_user_attr(k, v)
+    try:
+        upload_trial_artifacts(trial, run_dir, store, history, samples, f"trial {trial.number}: {attrs['diagnosis']}")
+        note_anchor(trial)
+    except Exception as exc:  # artifacts are a side output: the trial goes on
+        log(f"trial {trial.number}: artifacts not uploaded ({type(exc).__name__}: {exc})")
+    return diag
+
+
+def upload_trial_artifacts(trial, run_dir: Path, store, history: list[dict],
+                           samples: tuple[list[str], list[str]] | None, title: str) -> dict[str, str]:
+    """Write the files into the trial's run folder and upload them; returns {filename: artifact_id}."""
+    from optuna.artifacts import upload_artifact
+
+    files: list[tuple[Path, str]] = []
+    if history:
+        files.append((learning_curve_png(history, run_dir / LEARNING_CURVE, title), "image/png"))
+    if samples is not None:
+        files.append((translations_csv(samples[0], samples[1], run_dir / TRANSLATIONS), "text/csv"))
+    if (run_dir / METRICS).exists():
+        files.append((run_dir / METRICS, "application/json"))
+    return {p.name: upload_artifact(artifact_store=store, file_path=str(p), study_or_trial=trial, mimetype=mime)
+            for p, mime in files}

@@ -1,0 +1,217 @@
+"""What the report shows, read out of a study once: trials, curves, ranking, importances, table rows.
+
+The plotly page (report.py, report_figures.py) and the paper exports (report_paper.py) draw from the
+same `ReportData`, so the HTML, the LaTeX table and the PDF figures cannot disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
+from .summary import comparison_lines, summarize
+
+__all__ = ["NOTES_ROWS", "MIN_TRIALS_FOR_IMPORTANCE", "Dimension", "ReportData", "TableRow", "TrialInfo",
+           "load_report_data"]
+
+MIN_TRIALS_FOR_IMPORTANCE = 3
+TOP_N = 5
+
+# The researcher's hand-run results (v4-training-strategy.md, "Previous Training Attempts"), on the real
+# How2Sign data: reference rows, never mixed into this study's numbers. BLEU on the 0-100 scale.
+NOTES_ROWS = (
+    {"name": "V1", "val_loss": 4.12, "bleu": 0.8, "bleu_notes": "0.008", "n_params": 10.8e6, "gap": None,
+     "issue": "Overfitting, aggressive LR decay"},
+    {"name": "V2", "val_loss": 4.77, "bleu": None, "bleu_notes": "N/A", "n_params": 7.5e6, "gap": None,
+     "issue": "LR collapsed to 1e-8 by epoch 7"},
+    {"name": "V3", "val_loss": 4.77, "bleu": None, "bleu_notes": "N/A", "n_params": 7.5e6, "gap": 0.81,
+     "issue": "Train/val gap 0.81, overfitting"},
+)
+NOTES_LABEL = "from the notes, not from this study"
+
+
+@dataclass
+class TrialInfo:
+    number: int
+    state: str
+    params: dict
+    value: float | None            # the ranking objective (validation loss when it is one)
+    attrs: dict
+    curve: list[tuple[int, float]]  # validation loss per epoch: intermediate values, else metrics.json
+
+    @property
+    def anchor(self) -> bool:
+        return self.attrs.get("anchor") is True
+
+    def attr(self, key: str):
+        v = self.attrs.get(key)
+        return None if isinstance(v, float) and not math.isfinite(v) else v
+
+    @property
+    def val_loss(self) -> float | None:
+        return self.attr("val_loss") if self.attr("val_loss") is not None else self.value
+
+    @property
+    def label(self) -> str:
+        if not self.anchor:
+            return f"trial {self.number}"
+        return f"trial {self.number} (anchor {self.attrs.get('anchor_name') or ''}".rstrip() + ")"
+
+
+@dataclass(frozen=True)
+class Dimension:
+    name: str
+    kind: str           # int | float | categorical
+    log: bool = False
+    choices: tuple = ()
+    low: float | None = None       # the distribution's range, for int and float parameters
+    high: float | None = None
+
+
+@dataclass
+class TableRow:
+    role: str
+    trial: TrialInfo | None = None
+    notes: dict | None = None      # a NOTES_ROWS entry for the reference rows
+
+
+@dataclass
+class ReportData:
+    study: str
+    description: str
+    storage: str
+    data: str
+    fingerprint: str
+    directions: list[str]
+    metrics: list[str]
+    target: str                    # the ranking objective's name
+    states: dict
+    budget: int | None
+    trials: list[TrialInfo]
+    ranked: list[TrialInfo]        # complete trials, best first
+    pareto: list[int]              # trial numbers on the Pareto front (multi-objective)
+    dimensions: list[Dimension]
+    importances: dict[str, float] | None
+    importance_note: str
+    summary_lines: list[str]
+    anchor_name: str = ""
+
+    @property
+    def multi(self) -> bool:
+        return len(self.directions) > 1
+
+    @property
+    def anchor(self) -> TrialInfo | None:
+        return next((t for t in self.trials if t.anchor), None)
+
+    def table_rows(self) -> list[TableRow]:
+        """The anchor, the best (or the Pareto front), the top 5; each trial once, its roles joined."""
+        roles: dict[int, list[str]] = {}
+        order: list[TrialInfo] = []
+
+        def add(t: TrialInfo, role: str) -> None:
+            if t.number not in roles:
+                roles[t.number] = []
+                order.append(t)
+            roles[t.number].append(role)
+
+        if self.anchor:
+            add(self.anchor, f"anchor {self.anchor_name or self.anchor.attrs.get('anchor_name') or ''}".strip())
+        for k, t in enumerate(self.ranked[:TOP_N]):
+            add(t, "best" if k == 0 else f"top {k + 1}")
+        by_number = {t.number: t for t in self.trials}
+        for n in self.pareto:
+            if n in by_number:
+                add(by_number[n], "Pareto front")
+        rows = [TableRow(", ".join(roles[t.number]), t) for t in order]
+        return rows + [TableRow(f"{r['name']} (notes)", notes=r) for r in NOTES_ROWS]
+
+    @property
+    def param_names(self) -> list[str]:
+        return [d.name for d in self.dimensions]
+
+
+def load_report_data(study: optuna.Study, storage_desc: str = "") -> ReportData:
+    frozen = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    metrics = list(study.metric_names or [f"objective {i}" for i in range(len(study.directions))])
+    target_i = metrics.index("val_loss") if "val_loss" in metrics else 0
+    minimize = study.directions[target_i] == optuna.study.StudyDirection.MINIMIZE
+    trials = [_info(t, target_i) for t in frozen]
+    complete = [t for t in trials if t.state == "COMPLETE" and t.value is not None]
+    ranked = sorted(complete, key=lambda t: t.value if minimize else -t.value)
+    pareto = [t.number for t in study.best_trials] if len(study.directions) > 1 and complete else []
+    raw_spec = study.user_attrs.get("spec") or {}
+    importances, note = _importances(study, target_i, len(complete))
+    s = summarize(study)
+    return ReportData(
+        study=study.study_name, description=str(raw_spec.get("description", "")), storage=storage_desc,
+        data=str(study.user_attrs.get("data", "")), fingerprint=str(study.user_attrs.get("fingerprint", "")),
+        directions=[d.name.lower() for d in study.directions], metrics=metrics, target=metrics[target_i],
+        states=s["states"], budget=s["budget"], trials=trials, ranked=ranked, pareto=pareto,
+        dimensions=_dimensions(frozen, list((raw_spec.get("space") or {}).keys())),
+        importances=importances, importance_note=note, summary_lines=comparison_lines(s),
+        anchor_name=str((raw_spec.get("anchor") or {}).get("name", "")),
+    )
+
+
+def _info(t: optuna.trial.FrozenTrial, target_i: int) -> TrialInfo:
+    value = t.values[target_i] if t.state == TrialState.COMPLETE and t.values else None
+    curve = sorted((int(k), float(v)) for k, v in t.intermediate_values.items() if math.isfinite(v))
+    if not curve:
+        curve = _curve_from_metrics(t.user_attrs.get("checkpoint"))
+    return TrialInfo(t.number, t.state.name, dict(t.params), value, dict(t.user_attrs), curve)
+
+
+def _curve_from_metrics(folder) -> list[tuple[int, float]]:
+    """Multi-objective trials report no intermediate values; their run folder's metrics.json has the curve."""
+    if not folder:
+        return []
+    try:
+        epochs = json.loads((Path(folder) / "metrics.json").read_text())["epochs"]
+        return [(int(e["epoch"]), float(e["val_loss"])) for e in epochs if math.isfinite(e["val_loss"])]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def _dimensions(trials, order: list[str]) -> list[Dimension]:
+    dists: dict = {}
+    for t in trials:
+        if t.state == TrialState.COMPLETE:
+            for name, d in t.distributions.items():
+                dists.setdefault(name, d)
+    names = [n for n in order if n in dists] + sorted(n for n in dists if n not in order)
+    out = []
+    for n in names:
+        d = dists[n]
+        if isinstance(d, CategoricalDistribution):
+            out.append(Dimension(n, "categorical", choices=tuple(d.choices)))
+        elif isinstance(d, IntDistribution | FloatDistribution):
+            out.append(Dimension(n, "int" if isinstance(d, IntDistribution) else "float", log=d.log,
+                                 low=d.low, high=d.high))
+    return out
+
+
+def _importances(study: optuna.Study, target_i: int, n_complete: int) -> tuple[dict | None, str]:
+    if n_complete < MIN_TRIALS_FOR_IMPORTANCE:
+        return None, (f"Parameter importances need at least {MIN_TRIALS_FOR_IMPORTANCE} completed trials; "
+                      f"this study has {n_complete}. Run more trials and regenerate the report.")
+    evaluator = optuna.importance.PedAnovaImportanceEvaluator()  # Optuna's default; needs no scikit-learn
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            imp = optuna.importance.get_param_importances(study, evaluator=evaluator,
+                                                          target=lambda t: t.values[target_i])
+    except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+        return None, f"Parameter importances could not be computed: {exc}"
+    if not imp or not all(math.isfinite(v) for v in imp.values()):
+        return None, "Parameter importances are undefined: the completed trials' values or parameters do not vary."
+    return dict(imp), (f"PED-ANOVA importances (Optuna's default, as in optuna-dashboard) over {n_complete} "
+                       "completed trials: how much each parameter's distribution differs between the best "
+                       "trials and the rest.")
