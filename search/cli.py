@@ -253,7 +253,7 @@ def worker(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     checkpoint_dir: CheckpointOpt = None,
     artifact_dir: ArtifactOpt = None,
-    worker_index: Annotated[int, typer.Option(help="Distinct per worker on one host; offsets the sampler seed.", hidden=True)] = 0,
+    worker_index: Annotated[int | None, typer.Option(help="This worker's number; offsets the sampler seed (default: the study's next number).", hidden=True)] = None,
 ):
     """Join a study from the database and run trials until its budget is spent."""
     from how2sign.jobs import choose_data
@@ -261,11 +261,13 @@ def worker(
     from .worker import WorkerSettings, run_worker
 
     choice = choose_data(data)
-    err.print(f"worker {worker_index}: {choice.describe()}", highlight=False)
-    res = run_worker(WorkerSettings(study=study, storage=storage, data_root=choice.root, device=device,
-                                    n_trials=n_trials, checkpoint_dir=checkpoint_dir, worker_index=worker_index,
-                                    artifact_dir=artifact_dir),
-                     log=lambda m: err.print(f"worker {worker_index}: {m}", highlight=False))
+    err.print(f"worker{'' if worker_index is None else f' {worker_index}'}: {choice.describe()}", highlight=False)
+    # Without --worker-index the study numbers its workers (0, 1, ... across machines), so seeds differ.
+    settings = WorkerSettings(study=study, storage=storage, data_root=choice.root, device=device,
+                              n_trials=n_trials, checkpoint_dir=checkpoint_dir, worker_index=worker_index,
+                              artifact_dir=artifact_dir)
+    res = run_worker(settings, log=lambda m: err.print(f"worker {settings.worker_index}: {m}", highlight=False))
+    worker_index = settings.worker_index
     err.print(f"worker {worker_index}: ran {res['ran']} trial(s)"
               + (f", stopped by {res['stopped']}" if res["stopped"] else ""), highlight=False)
 

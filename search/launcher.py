@@ -32,10 +32,12 @@ class StartResult:
     exit_codes: list[int]
 
 
-def worker_command(study: str, url: str, data: Path, device: str, index: int, checkpoint_dir: Path | None,
+def worker_command(study: str, url: str, data: Path, device: str, index: int | None, checkpoint_dir: Path | None,
                    artifact_dir: Path | None = None) -> list[str]:
     cmd = [sys.executable, "-m", "search.cli", "worker", "--study", study, "--storage", url, "--data", str(data),
-           "--device", device, "--worker-index", str(index)]
+           "--device", device]
+    if index is not None:
+        cmd += ["--worker-index", str(index)]
     if checkpoint_dir:
         cmd += ["--checkpoint-dir", str(checkpoint_dir)]
     if artifact_dir:
@@ -80,7 +82,8 @@ def start(study: str, *, storage: str | None, data: Path | None, n_trials: int |
     cpu_workers = sum(not d.startswith(("cuda", "mps")) for d in devs)
     if cpu_workers > 1 and "OMP_NUM_THREADS" not in os.environ:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // cpu_workers))  # no oversubscription
-    procs = [subprocess.Popen(worker_command(opened.spec.name, url, choice.root, d, i, checkpoint_dir, artifact_dir),
+    # No --worker-index: the study numbers its workers, so `start` on several machines never repeats a seed.
+    procs = [subprocess.Popen(worker_command(opened.spec.name, url, choice.root, d, None, checkpoint_dir, artifact_dir),
                               stdin=subprocess.DEVNULL, env=env,
                               start_new_session=True)  # a terminal Ctrl-C reaches us once; we forward it
              for i, d in enumerate(devs)]

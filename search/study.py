@@ -39,6 +39,7 @@ class Opened:
     created: bool
     anchor_enqueued: bool
     url: str
+    worker_index: int = 0  # this worker's number in the study (offsets the sampler seed)
 
 
 def build_sampler(spec: StudySpec, worker_index: int = 0):
@@ -126,8 +127,12 @@ def create_or_load(url: str | None, spec: StudySpec, fingerprint: str, data_desc
     return Opened(study, spec, fingerprint, created, enqueued, url)
 
 
-def load_stored(url: str | None, name: str, *, worker_index: int = 0, heartbeat: bool = True) -> Opened:
-    """Attach to an existing study; the definition comes from the database."""
+def load_stored(url: str | None, name: str, *, worker_index: int | None = 0, heartbeat: bool = True) -> Opened:
+    """Attach to an existing study; the definition comes from the database.
+
+    worker_index None: take the study's next worker number (0, 1, 2, ... across every machine), so that
+    no two workers share a sampler seed and suggest the same trials.
+    """
     url = resolve_url(url)
     u = parse_url(url)
     with creation_lock(url, name):
@@ -140,9 +145,23 @@ def load_stored(url: str | None, name: str, *, worker_index: int = 0, heartbeat:
                                 + "; create it with h2s-search start")
         plain = optuna.load_study(study_name=name, storage=storage)
         spec = parse(plain.user_attrs.get(ATTR_SPEC, {}), f"study {name!r} in {u.masked}")
+        if worker_index is None:
+            worker_index = _join(url, storage, name)
         study = optuna.load_study(study_name=name, storage=storage, sampler=build_sampler(spec, worker_index),
                                   pruner=build_pruner(spec))
-    return Opened(study, spec, plain.user_attrs.get(ATTR_FINGERPRINT, ""), False, False, url)
+    return Opened(study, spec, plain.user_attrs.get(ATTR_FINGERPRINT, ""), False, False, url, worker_index)
+
+
+ATTR_JOINED = "h2s:workers_joined"
+
+
+def _join(url: str, storage, name: str) -> int:
+    """The study's next worker number, counted under the study lock in a study system attribute."""
+    with creation_lock(url, name, reconnect=True):
+        sid = storage.get_study_id_from_name(name)
+        n = int(storage.get_study_system_attrs(sid).get(ATTR_JOINED, 0))
+        storage.set_study_system_attr(sid, ATTR_JOINED, n + 1)
+    return n
 
 
 def retried_numbers(trials) -> set[int]:

@@ -42,7 +42,7 @@ class WorkerSettings:
     device: str = "auto"
     n_trials: int | None = None          # this worker's own cap; None: until the study budget is spent
     checkpoint_dir: Path | None = None   # shared by the fleet; default ./h2s-checkpoints
-    worker_index: int = 0
+    worker_index: int | None = 0         # None: the study hands out the next number (see load_stored)
     quiet: bool = False
     artifact_dir: Path | None = None     # artifact store, shared like checkpoints; default ./h2s-artifacts
 
@@ -227,6 +227,7 @@ def run_worker(settings: WorkerSettings, log=None) -> dict:
     """Attach to a stored study and run trials until its budget is spent, our cap is hit, or a stop signal."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     opened = load_stored(settings.storage, settings.study, worker_index=settings.worker_index)
+    settings.worker_index = opened.worker_index
     data = TrainData.load(settings.data_root, min_freq=opened.spec.base_config().vocab_min_freq)
     if data.fingerprint != opened.fingerprint:
         raise FingerprintMismatch(
@@ -264,6 +265,7 @@ def run_worker(settings: WorkerSettings, log=None) -> dict:
                 raise
             log(f"trial {gate.last_trial} was marked {ended} while running here (its heartbeat lapsed, so "
                 "another worker failed it and re-queued a retry); going on")
+            gate.last_trial = None  # said all there is to say about it
         finally:
             gate.release()
         ran += 1

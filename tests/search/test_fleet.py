@@ -1,0 +1,472 @@
+"""A fleet on the machine's real PostgreSQL and MariaDB: real worker processes, each a "machine" with its own
+working folder and data copy, talking TCP to 127.0.0.1; each test in its own fresh database.
+
+Faults: SIGKILL mid-trial (heartbeat retry resumes from the checkpoint), a PostgreSQL restart, 8 racing
+starts, SIGTERM. Each test prints what it saw (run with -s to read it).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from optuna.trial import TrialState
+
+pytestmark = pytest.mark.fleet
+
+POOL_PER_PROCESS = 2 + 2 + 1  # engine pool_size + max_overflow, plus the study lock's own connection
+
+
+# --------------------------------------------------------------------------- helpers
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.2):
+    """Poll until predicate() is truthy; returns its value, or fails naming `what`."""
+    end = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > end:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def snapshot(db, study: str = "fleet"):
+    """(trials, study user attrs, names of all studies), read through a fresh engine that is then disposed."""
+    import optuna
+
+    from search.storage import open_storage
+
+    storage = open_storage(db.url, heartbeat=False)
+    try:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        if study not in names:
+            return [], {}, names
+        s = optuna.load_study(study_name=study, storage=storage)
+        return s.get_trials(deepcopy=True), s.user_attrs, names
+    finally:
+        storage.engine.dispose()
+
+
+def trial(db, number: int, study: str = "fleet"):
+    return next((t for t in snapshot(db, study)[0] if t.number == number), None)
+
+
+def states(trials) -> dict[int, str]:
+    return {t.number: t.state.name for t in trials}
+
+
+def create(m, db, study: Path, *extra) -> str:
+    res = m.cli("start", "--study", study, "--storage", db.url, "--data", m.data, "--workers", 0, *extra)
+    assert "created" in res.stdout and "anchor v4 enqueued" in res.stdout, res.stdout + res.stderr
+    return res.stdout
+
+
+def ran(proc) -> int:
+    """Trials a worker says it ran ("worker 0: ran N trial(s)")."""
+    for line in proc.output().splitlines():
+        if ": ran " in line:
+            return int(line.split(": ran ")[1].split()[0])
+    raise AssertionError(f"no 'ran N trial(s)' line in:\n{proc.output()}")
+
+
+def counted(trials) -> list:
+    """Trials that count against the budget: a stale trial that was retried is replaced by its retry."""
+    from search.study import retried_numbers
+
+    gone = retried_numbers(trials)
+    return [t for t in trials if t.number not in gone]
+
+
+def assert_exact(trials, n: int) -> None:
+    """N counted trials, all COMPLETE, none RUNNING or WAITING, exactly one anchor, numbers without gaps."""
+    numbers = sorted(t.number for t in trials)
+    assert numbers == list(range(len(trials))), f"gaps or duplicates in {numbers}"
+    live = counted(trials)
+    assert len(live) == n, states(trials)
+    assert all(t.state == TrialState.COMPLETE for t in live), states(trials)
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)], states(trials)
+    anchors = [t for t in live if t.user_attrs.get("anchor") is True]
+    assert len(anchors) == 1, states(trials)
+    assert anchors[0].params == {"dropout": 0.3, "lr": 1e-3}
+    params = [tuple(sorted(t.params.items())) for t in live]
+    assert len(set(params)) == n, "two trials ran the same parameters"
+
+
+class ConnectionWatch:
+    """Samples the database's connection count in a thread while a fleet runs; keeps the peak."""
+
+    def __init__(self, db, every: float = 0.2):
+        self.db, self.every, self.peak, self.samples = db, every, 0, 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                self.peak = max(self.peak, self.db.connections())
+                self.samples += 1
+            except Exception:
+                pass  # the server may be restarting
+            self._stop.wait(self.every)
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+
+
+def restart_postgres(db) -> float:
+    """Restart the machine's PostgreSQL cluster; returns how long it took."""
+    if not shutil.which("pg_ctlcluster") or os.geteuid() != 0:
+        pytest.skip("restarting PostgreSQL needs pg_ctlcluster and root")
+    version = sorted(os.listdir("/etc/postgresql"))[0]
+    t0 = time.monotonic()
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"], check=True,
+                   capture_output=True, timeout=120)
+    db.wait_ready()
+    return time.monotonic() - t0
+
+
+# --------------------------------------------------------------------------- 1. exactly N, 3 machines
+def test_three_workers_on_three_machines_finish_exactly_n_trials(pg_db, new_machine, fleet_study):
+    n = 7
+    study = fleet_study(n_trials=n, epochs=3)
+    create(new_machine("creator"), pg_db, study)
+    machines = [new_machine(f"m{i}") for i in range(3)]
+    with ConnectionWatch(pg_db) as watch:
+        # No --worker-index, as on separate machines: the study numbers its workers, so no two share a seed.
+        workers = [m.worker(pg_db.url) for m in machines]
+        rcs = [w.wait(240) for w in workers]
+    assert rcs == [0, 0, 0], [w.output() for w in workers]
+    trials, attrs, names = snapshot(pg_db)
+    assert names == ["fleet"] and attrs["n_trials"] == n
+    assert_exact(trials, n)
+    assert len(trials) == n
+    assert trials[0].user_attrs["anchor"] is True and trials[0].user_attrs["anchor_name"] == "v4"
+    assert sum(ran(w) for w in workers) == n
+    assert sorted(int(w.output().split(": ran ")[0].rsplit("worker ", 1)[1]) for w in workers) == [0, 1, 2]
+    assert {t.user_attrs["device"] for t in trials} == {"cpu"}
+    # Each trial wrote its own run folder in the shared checkpoint folder.
+    folders = {t.user_attrs["checkpoint"] for t in trials}
+    assert len(folders) == n and all(Path(f, "best_checkpoint.pt").exists() for f in folders)
+    # Bounded pools: never more than each process's pool plus its lock connection.
+    assert watch.samples > 5 and 0 < watch.peak <= 3 * POOL_PER_PROCESS
+    print(f"\n[exact-N] {n} trials by 3 workers (ran {[ran(w) for w in workers]}); states {states(trials)}; "
+          f"peak connections {watch.peak} over {watch.samples} samples")
+
+
+# --------------------------------------------------------------------------- 2. SIGKILL, heartbeat, resume
+def freeze_outside_transactions(proc, db) -> None:
+    """SIGSTOP a worker at a moment when none of its database connections is inside a transaction,
+    so that its frozen locks cannot block anyone (it is about to be killed anyway)."""
+    for _ in range(200):
+        proc.signal(signal.SIGSTOP)
+        busy = db.admin("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid() "
+                        "AND state <> 'idle'", (db.name,))[0][0]
+        if not busy:
+            return
+        proc.signal(signal.SIGCONT)
+        time.sleep(0.02)
+    pytest.fail("could not freeze the worker outside a transaction")
+
+
+class SurrogateHeartbeat:
+    """Keeps a frozen worker's trial looking alive, as its own heartbeat thread would, until stopped."""
+
+    def __init__(self, db, trial_id: int):
+        from search.storage import open_storage
+
+        self.storage = open_storage(db.url)
+        self.trial_id, self._stop = trial_id, threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.storage.record_heartbeat(self.trial_id)
+            self._stop.wait(0.5)
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.storage.engine.dispose()
+
+
+def test_sigkill_mid_trial_is_retried_and_resumes_from_the_checkpoint(pg_db, new_machine, fleet_study):
+    from how2sign.checkpoint import LAST, load
+    from search.study import anchor_trials, budget_used, load_stored
+
+    epochs = 10
+    study = fleet_study(n_trials=1, epochs=epochs)
+    create(new_machine("creator"), pg_db, study)
+    a, b = new_machine("a"), new_machine("b")
+    wa = a.worker(pg_db.url)
+    # Trial 0 (the anchor, the whole budget) runs on machine a and writes its first epoch checkpoint.
+    wait_until(lambda: (t := trial(pg_db, 0)) and (t.user_attrs.get("epochs_run") or 0) >= 2, 90,
+               "trial 0 to finish two epochs on machine a")
+    # Freeze a mid-trial (so the kill lands mid-trial whatever the machine's load) and keep its heartbeat
+    # fresh meanwhile, so that machine b provably meets "budget spent, one trial RUNNING" and waits.
+    freeze_outside_transactions(wa, pg_db)
+    died = trial(pg_db, 0)
+    folder = Path(died.user_attrs["checkpoint"])
+    at_death = load(folder / LAST)["epoch"]  # the newest epoch checkpoint trial 0 left
+    with SurrogateHeartbeat(pg_db, died._trial_id):
+        wb = b.worker(pg_db.url)
+        wait_until(lambda: "waiting for trial(s) 0" in wb.output() or not wb.alive(), 120,
+                   "machine b to wait for the running trial")
+        assert wb.alive(), wb.output()
+        before = states(snapshot(pg_db)[0])
+        wa.signal(signal.SIGKILL)  # machine a dies mid-trial; its heartbeat stops with the surrogate
+        assert wa.wait(10) == -signal.SIGKILL
+    assert before == {0: "RUNNING"} and died.user_attrs["epochs_run"] < epochs
+
+    # The heartbeat lapses; b fails trial 0, the retry callback re-queues it as trial 1, and b runs it
+    # from the dead trial's last checkpoint.
+    assert wb.wait(180) == 0, wb.output()
+    trials, _, _ = snapshot(pg_db)
+    after = states(trials)
+    assert after == {0: "FAIL", 1: "COMPLETE"}, after
+    retry = trials[1]
+    assert retry.system_attrs["failed_trial"] == 0 and retry.system_attrs["retry_history"] == [0]
+    assert retry.params == died.params and retry.user_attrs["anchor"] is True
+    assert retry.user_attrs["resumed_from_epoch"] == at_death >= 1
+    assert retry.user_attrs["epochs_run"] == epochs
+    assert sorted(retry.intermediate_values) == list(range(at_death + 1, epochs + 1))
+    new_folder = Path(retry.user_attrs["checkpoint"])
+    assert new_folder != folder and (new_folder / "best_checkpoint.pt").exists()
+    assert [e["epoch"] for e in load(new_folder / LAST)["history"]] == list(range(1, epochs + 1))
+    assert_exact(trials, 1)
+    opened = load_stored(pg_db.url, "fleet", heartbeat=False)
+    assert [t.number for t in anchor_trials(opened.study)] == [1]
+    assert budget_used(opened.study) == (1, 0)
+    opened.study._storage._backend.engine.dispose()
+    print(f"\n[SIGKILL] machine a killed in trial 0 at epoch {died.user_attrs['epochs_run']}/{epochs} (last "
+          f"checkpoint: epoch {at_death}); states before {before}, after {after}; machine b waited, then ran "
+          f"retry trial 1 resumed from epoch {retry.user_attrs['resumed_from_epoch']} to epoch "
+          f"{retry.user_attrs['epochs_run']}")
+
+
+def test_a_paused_worker_whose_trial_was_retried_steps_aside(pg_db, new_machine, fleet_study):
+    """A worker frozen past the grace period (a paused VM, a network partition) comes back to find its
+    trial failed and retried elsewhere: it must not crash, nor count twice, and must exit 0."""
+    epochs = 10
+    study = fleet_study(n_trials=1, epochs=epochs)
+    create(new_machine("creator"), pg_db, study)
+    a, b = new_machine("a"), new_machine("b")
+    wa = a.worker(pg_db.url)
+    wait_until(lambda: (t := trial(pg_db, 0)) and t.user_attrs.get("epochs_run"), 90, "trial 0 mid-run on a")
+    freeze_outside_transactions(wa, pg_db)
+    wb = b.worker(pg_db.url)
+    wait_until(lambda: (t := trial(pg_db, 1)) and t.state == TrialState.RUNNING, 120, "b to run the retry")
+    wa.signal(signal.SIGCONT)  # a wakes up mid-trial; its trial is FAIL now
+    assert wa.wait(180) == 0, wa.output()
+    assert wb.wait(180) == 0, wb.output()
+    trials, _, _ = snapshot(pg_db)
+    assert states(trials) == {0: "FAIL", 1: "COMPLETE"}
+    assert trials[1].system_attrs["failed_trial"] == 0 and trials[1].user_attrs["resumed_from_epoch"] >= 1
+    assert "was marked FAIL while running here" in wa.output()
+    assert_exact(trials, 1)
+    print(f"\n[paused] a frozen past the grace period: states {states(trials)}; b resumed trial 0 as trial 1 "
+          f"from epoch {trials[1].user_attrs['resumed_from_epoch']}; a stepped aside and exited 0")
+
+
+# --------------------------------------------------------------------------- 3. database restart
+def test_postgres_restart_mid_study_loses_nothing(pg_db, new_machine, fleet_study):
+    n, epochs = 4, 6
+    study = fleet_study(n_trials=n, epochs=epochs)
+    create(new_machine("creator"), pg_db, study)
+    # A grace period longer than the outage: the workers should ride it out, not fail their trials.
+    slow = {"H2S_GRACE_PERIOD": "15"}
+    ws = [new_machine(f"m{i}").worker(pg_db.url, env=slow) for i in range(2)]
+    wait_until(lambda: sum(bool(t.user_attrs.get("epochs_run")) and t.state == TrialState.RUNNING
+                           for t in snapshot(pg_db)[0]) >= 2, 120, "two trials mid-run")
+    before = states(snapshot(pg_db)[0])
+    took = restart_postgres(pg_db)
+    rcs = [w.wait(240) for w in ws]
+    assert rcs == [0, 0], [w.output() for w in ws]
+    trials, _, _ = snapshot(pg_db)
+    after = states(trials)
+    assert_exact(trials, n)
+    lost = [w for w in ws if "database connection lost" in w.output()]
+    assert lost, "no worker noticed the restart"
+    print(f"\n[restart] PostgreSQL restarted in {took:.1f}s with trials {before}; after {after}; "
+          f"{len(lost)}/2 workers logged the lost connection and reconnected; exit codes {rcs}")
+
+
+# --------------------------------------------------------------------------- 4. racing starts
+RACER = """
+import sys, time, pathlib
+import search.cli, search.launcher, search.study, search.storage, optuna, torch, how2sign.batches  # warm imports
+ready, go = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+ready.touch()
+while not go.exists():
+    time.sleep(0.001)
+sys.argv = ["h2s-search", *sys.argv[3:]]
+search.cli.main()
+"""
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mysql"])
+def test_eight_racing_starts_make_one_study_and_one_anchor(backend, request, new_machine, fleet_study, tmp_path):
+    db = request.getfixturevalue("pg_db" if backend == "postgresql" else "mysql_db")
+    study = fleet_study(n_trials=5)
+    go = tmp_path / "go"
+    machines = [new_machine(f"r{i}") for i in range(8)]
+    racers = [m.spawn_python(["-c", RACER, str(m.dir / "ready"), str(go), "start", "--study", str(study),
+                              "--storage", db.url, "--data", str(m.data), "--workers", "0"], tag="start")
+              for m in machines]
+    wait_until(lambda: all((m.dir / "ready").exists() for m in machines), 120, "8 racers to import")
+    go.touch()  # all eight go at the same instant
+    rcs = [r.wait(120) for r in racers]
+    outs = [r.output() for r in racers]
+    assert rcs == [0] * 8, outs
+    assert sum("created" in o for o in outs) == 1 and sum(" loaded in " in o for o in outs) == 7, outs
+    assert sum("anchor v4 enqueued" in o for o in outs) == 1, outs
+    trials, attrs, names = snapshot(db)
+    assert names == ["fleet"]
+    assert [(t.number, t.state.name, t.user_attrs.get("anchor")) for t in trials] == [(0, "WAITING", True)]
+    assert attrs["n_trials"] == 5 and len(attrs["fingerprint"]) == 64
+    print(f"\n[race {backend}] 8 starts: 1 created, 7 loaded; studies {names}; trials "
+          f"{[(t.number, t.state.name) for t in trials]}")
+
+
+# --------------------------------------------------------------------------- 5. SIGTERM
+def test_sigterm_ends_the_current_trial_cleanly_and_exits_0(pg_db, new_machine, fleet_study):
+    epochs = 40
+    study = fleet_study(n_trials=2, epochs=epochs)
+    m = new_machine("a")
+    create(m, pg_db, study)
+    w = m.worker(pg_db.url)
+    wait_until(lambda: (t := trial(pg_db, 0)) and t.user_attrs.get("epochs_run"), 90, "trial 0 mid-run")
+    before = states(snapshot(pg_db)[0])
+    w.signal(signal.SIGTERM)
+    assert w.wait(60) == 0, w.output()
+    trials, _, _ = snapshot(pg_db)
+    assert [t.state for t in trials] == [TrialState.FAIL], states(trials)
+    t = trials[0]
+    assert t.user_attrs["fail_reason"] == "interrupted by SIGTERM"
+    assert 1 <= t.user_attrs["epochs_run"] < epochs
+    assert "stopped by SIGTERM" in w.output()
+    print(f"\n[SIGTERM] states before {before}, after {states(trials)}; fail_reason "
+          f"{t.user_attrs['fail_reason']!r} at epoch {t.user_attrs['epochs_run']}; exit code 0")
+
+
+# --------------------------------------------------------------------------- 6/7. start --devices on MariaDB
+def test_start_with_devices_on_mariadb_runs_exactly_n(mysql_db, new_machine, fleet_study):
+    n = 4
+    study = fleet_study(n_trials=n, epochs=2)
+    m = new_machine("box")
+    res = m.cli("start", "--study", study, "--storage", mysql_db.url, "--data", m.data, "--devices", "cpu,cpu",
+                "--json", timeout=240)
+    assert "2 worker(s) on cpu, cpu" in res.stderr, res.stderr
+    trials, _, _ = snapshot(mysql_db)
+    assert_exact(trials, n)
+    assert len(trials) == n and {t.user_attrs["device"] for t in trials} == {"cpu"}
+    print(f"\n[MariaDB] start --devices cpu,cpu: {states(trials)}")
+
+
+# --------------------------------------------------------------------------- storage survives a dropped link
+def test_storage_calls_wait_out_a_lost_connection(pg_db, monkeypatch):
+    """In-process: every pooled connection is killed and new ones refused for 2 s; calls wait, then succeed."""
+    import optuna
+
+    from search.storage import open_storage
+
+    monkeypatch.setenv("H2S_RECONNECT_SECONDS", "30")
+    storage = open_storage(pg_db.url, heartbeat=False)
+    study = optuna.create_study(study_name="link", storage=storage)
+    study.enqueue_trial({"x": 1.0})
+
+    def outage():
+        pg_db.admin(f'ALTER DATABASE "{pg_db.name}" WITH ALLOW_CONNECTIONS false')
+        pg_db.admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (pg_db.name,))
+        time.sleep(2.0)
+        pg_db.admin(f'ALTER DATABASE "{pg_db.name}" WITH ALLOW_CONNECTIONS true')
+
+    t = threading.Thread(target=outage)
+    t.start()
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    tr = study.ask()
+    tr.set_user_attr("during", "outage")
+    study.tell(tr, 1.0)
+    waited = time.monotonic() - t0
+    t.join()
+    assert [x.state for x in study.get_trials()] == [TrialState.COMPLETE]
+    assert waited > 0.5
+    storage.engine.dispose()
+
+
+# --------------------------------------------------------------------------- 8. docker-compose
+def _docker_compose() -> str:
+    exe = shutil.which("docker-compose")
+    if exe is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "docker-compose"],
+                       capture_output=True, timeout=300)
+        exe = shutil.which("docker-compose")
+    if exe is None:
+        pytest.skip("docker-compose is not installed and cannot be installed here")
+    return exe
+
+
+def test_docker_compose_file_is_valid_and_keeps_secrets_out(tmp_path):
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    compose = root / "docker-compose.yml"
+    text = compose.read_text()
+    exe = _docker_compose()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES_", "H2S_"))}
+    res = subprocess.run([exe, "-f", str(compose), "--env-file", str(root / ".env.example"), "config"],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert res.returncode == 0, res.stderr
+    cfg = yaml.safe_load(res.stdout)
+    services = cfg["services"]
+    assert {"postgres", "study", "worker", "dashboard"} <= set(services)
+    gpu = services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
+    assert int(services["worker"]["deploy"]["replicas"]) >= 1
+    ports = services["dashboard"]["ports"]
+    assert all(str(p.get("host_ip", p) if isinstance(p, dict) else p).startswith("127.0.0.1") for p in ports), ports
+    assert services["study"].get("restart", "no") == "no"
+    # The password comes from the environment: the file has none, and config refuses to run without one.
+    example = dict(line.split("=", 1) for line in (root / ".env.example").read_text().splitlines()
+                   if line.strip() and not line.startswith("#"))
+    assert example["POSTGRES_PASSWORD"] not in text
+    (tmp_path / "empty.env").write_text("")
+    bare = subprocess.run([exe, "-f", str(compose), "--env-file", str(tmp_path / "empty.env"), "config"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert bare.returncode != 0 and "POSTGRES_PASSWORD" in bare.stderr
+
+
+def test_heartbeat_settings_come_from_the_environment(monkeypatch):
+    from search.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, StorageError, heartbeat_settings
+
+    monkeypatch.delenv("H2S_HEARTBEAT_INTERVAL", raising=False)
+    monkeypatch.delenv("H2S_GRACE_PERIOD", raising=False)
+    assert heartbeat_settings() == (HEARTBEAT_INTERVAL, GRACE_PERIOD)
+    monkeypatch.setenv("H2S_HEARTBEAT_INTERVAL", "2")
+    monkeypatch.setenv("H2S_GRACE_PERIOD", "5")
+    assert heartbeat_settings() == (2, 5)
+    for interval, grace in (("0", "5"), ("x", "5"), ("5", "5")):
+        monkeypatch.setenv("H2S_HEARTBEAT_INTERVAL", interval)
+        monkeypatch.setenv("H2S_GRACE_PERIOD", grace)
+        with pytest.raises(StorageError):
+            heartbeat_settings()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-s", "-q"]))
