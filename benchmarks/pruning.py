@@ -1,0 +1,219 @@
+"""Pruning: epochs spent by a pruned search / the same trials run unpruned, and both best values.
+
+Everything goes through the service's own code path: a study file (TOML, written into a temp dir),
+`search.spec.load_spec`, `search.study.create_or_load` on SQLite in the temp dir, and
+`search.worker.run_worker` on the synthetic corpus (a fixed small train split), i.e. what
+`h2s-search start` / `worker` run, including per-trial early stopping (patience) and evaluation.
+
+  1. pruned:   24 trials x 8 epochs (patience 3; train=150), seeded TPE, Hyperband (min_resource 1,
+               reduction_factor 3, max_resource = the epoch budget, as search.study.build_pruner sets
+               it), i.e. studies/capacity.toml's pruner on its [demo] budget; options change each;
+  2. unpruned: a second study with pruner "none" into which the pruned run's N parameter sets are
+               enqueued in the same order, so both runs train exactly the same configurations.
+
+Epochs spent are the trials' recorded `epochs_run`. The script also prints the fraction the pruner
+would spend with unlimited trials of stationary quality, computed from Optuna's bracket allocation, to
+show how far a finite search with an improving sampler is from it. Trials run on one torch thread. Training is deterministic on a CPU for a given
+config (fixed seed), so a pruned trial's first epochs are the unpruned twin's first epochs.
+Targets (DESIGN section 8): epochs ratio <= 0.40, and the pruned search's best value within 2% of the
+unpruned one's.
+
+    python benchmarks/pruning.py [--quick] [--trials N] [--epochs E] [--patience P] [--reduction-factor R]
+                                 [--min-resource M] [--pruner hyperband|asha] [--sampler tpe|random]
+                                 [--train-clips C]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import time
+from pathlib import Path
+
+from _common import header, make_corpus, parse_args, run_main, say, verdict, workdir
+
+TARGET_EPOCHS = 0.40
+TARGET_BEST = 0.02
+
+STUDY = """\
+name = "{name}"
+description = "benchmarks/pruning.py: a small capacity search on the synthetic corpus"
+direction = "minimize"
+metric = "val_loss"
+n_trials = {trials}
+
+[train]
+epochs = {epochs}
+patience = {patience}
+nhead = 4
+lr_min = 1e-6
+grad_clip = 1.0
+max_tokens = 32   # the synthetic sentences have at most 26 tokens; shorter greedy decoding in evaluation
+seed = 0
+
+[space]
+d_model = {{ type = "categorical", choices = {d_models} }}
+encoder_layers = {{ type = "int", low = 1, high = 2 }}
+decoder_layers = {{ type = "int", low = 1, high = 2 }}
+dim_feedforward = {{ type = "categorical", choices = {ffs} }}
+dropout = {{ type = "float", low = 0.0, high = 0.4 }}
+batch_size = {{ type = "categorical", choices = [16, 32] }}
+lr = {{ type = "float", low = 1e-4, high = 3e-3, log = true }}
+
+[pruner]
+{pruner}
+
+[sampler]
+{sampler}
+"""
+
+
+def sampler_table(args) -> str:
+    if args.sampler == "random":
+        return 'type = "random"\nseed = 0'
+    return f'type = "tpe"\nseed = 0\nn_startup_trials = {max(2, args.trials // 3)}'
+
+
+def bracket_fraction(min_resource: int, reduction_factor: int, max_resource: int, bracket: int) -> float:
+    """Epoch fraction of one successive-halving bracket (rungs at min * rf**(bracket + k) below max; the
+    top 1/rf of a rung go on), for unlimited trials of stationary quality, against max per trial."""
+    cost, alive, prev, k = 0.0, 1.0, 0, 0
+    while min_resource * reduction_factor ** (bracket + k) < max_resource:
+        rung = min_resource * reduction_factor ** (bracket + k)
+        cost += alive * (rung - prev)
+        prev, alive, k = rung, alive / reduction_factor, k + 1
+    return (cost + alive * (max_resource - prev)) / max_resource
+
+
+def pruning_floor(pruner: str, min_resource: int, reduction_factor: int, max_resource: int) -> tuple[int, float]:
+    """(brackets, the epoch fraction the pruner spends with unlimited trials of stationary quality).
+
+    Optuna's HyperbandPruner has floor(log_rf(max/min)) + 1 brackets, and bracket b gets trials in
+    proportion to ceil(n * rf**(n-1-b) / (n-b)); ASHA (SuccessiveHalvingPruner) is its bracket 0 alone."""
+    if pruner == "asha":
+        return 1, bracket_fraction(min_resource, reduction_factor, max_resource, 0)
+    n = math.floor(math.log(max_resource / min_resource, reduction_factor)) + 1
+    weights = [math.ceil(n * reduction_factor ** (n - 1 - b) / (n - b)) for b in range(n)]
+    total = sum(w * bracket_fraction(min_resource, reduction_factor, max_resource, b) for b, w in enumerate(weights))
+    return n, total / sum(weights)
+
+
+def write_study(folder: Path, name: str, args, pruner: str) -> Path:
+    path = folder / f"{name}.toml"
+    path.write_text(STUDY.format(name=name, trials=args.trials, epochs=args.epochs, patience=args.patience,
+                                 d_models=json.dumps(args.d_models), ffs=json.dumps(args.ffs), pruner=pruner,
+                                 sampler=sampler_table(args)))  # fmt: skip
+    return path
+
+
+def run_search(study_file: Path, url: str, root: Path, checkpoints: Path, fingerprint: str,
+               enqueue: list[dict] | None = None) -> tuple[object, float]:  # fmt: skip
+    """create_or_load + (optional enqueues) + run_worker, as `start` does with one local worker."""
+    from search.spec import load_spec
+    from search.study import create_or_load
+    from search.worker import WorkerSettings, run_worker
+
+    spec = load_spec(str(study_file))
+    opened = create_or_load(url, spec, fingerprint, str(root))
+    for params in enqueue or []:
+        opened.study.enqueue_trial(params)
+    t0 = time.perf_counter()
+    lines = io.StringIO()
+    with contextlib.redirect_stdout(lines):
+        run_worker(WorkerSettings(study=spec.name, storage=url, data_root=root, device="cpu",
+                                  checkpoint_dir=checkpoints, quiet=True),
+                   log=lambda msg: None)  # fmt: skip
+    return opened.study, time.perf_counter() - t0
+
+
+def summary(study) -> dict:
+    from optuna.trial import TrialState
+
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    return {
+        "trials": trials,
+        "epochs": sum(int(t.user_attrs.get("epochs_run") or 0) for t in trials),
+        "states": {s.name: sum(t.state == s for t in trials) for s in TrialState if any(t.state == s for t in trials)},
+        "best": min((t.value for t in complete), default=float("nan")),
+        "best_trial": min(complete, key=lambda t: t.value).number if complete else None,
+    }
+
+
+def main() -> None:
+    def extra(p):
+        p.add_argument("--trials", type=int, help="trials per search (default 24, --quick 3)")
+        p.add_argument("--epochs", type=int, help="epoch budget per trial (default 8, --quick 2)")
+        p.add_argument("--patience", type=int, default=3, help="early-stopping patience (default 3)")
+        p.add_argument("--reduction-factor", type=int, default=3, help="pruner reduction_factor (default 3)")
+        p.add_argument("--min-resource", type=int, default=1, help="pruner min_resource (default 1)")
+        p.add_argument("--pruner", choices=("hyperband", "asha"), default="hyperband",
+                       help="pruner of the pruned search (default hyperband, as studies/capacity.toml)")
+        p.add_argument("--sampler", choices=("tpe", "random"), default="tpe", help="sampler (default tpe, seeded)")
+        p.add_argument("--train-clips", type=int, help="synthetic train split size (default 150, --quick 60)")
+
+    args = parse_args(__doc__.splitlines()[0], extra)
+    import torch
+
+    # One thread: the figures are epoch counts, and single-threaded trials suffer least from other
+    # processes on a small shared machine (two-thread OpenMP under contention is many times slower).
+    torch.set_num_threads(1)
+    header("pruning", args.quick)
+    args.trials = args.trials or (3 if args.quick else 24)
+    args.epochs = args.epochs or (2 if args.quick else 8)
+    args.train_clips = args.train_clips or (60 if args.quick else 150)
+    args.d_models = [16] if args.quick else [32, 64]
+    args.ffs = [32] if args.quick else [64, 128]
+    pruner = (f'type = "{args.pruner}"\nmin_resource = {args.min_resource}\n'
+              f"reduction_factor = {args.reduction_factor}")  # fmt: skip
+    with workdir(args.keep) as tmp:
+        root = make_corpus(tmp / "corpus", train=args.train_clips, val=max(20, args.train_clips // 5), seed=0)
+        from how2sign.batches import TrainData
+
+        fingerprint = TrainData.load(root).fingerprint  # packs the cache once, as `start` does
+        url = f"sqlite:///{tmp / 'bench.db'}"
+        say(f"{args.trials} trials x {args.epochs} epochs (patience {args.patience}), {args.sampler} sampler, {args.pruner} "
+            f"min_resource {args.min_resource} reduction_factor {args.reduction_factor}; {args.train_clips} train "
+            f"clips; d_model in {args.d_models}; {url}")
+        pruned_study, pruned_s = run_search(write_study(tmp, "pruned", args, pruner), url, root, tmp / "ck",
+                                            fingerprint)  # fmt: skip
+        pruned = summary(pruned_study)
+        params = [t.params for t in pruned["trials"]]
+        say(f"pruned search: {pruned_s:.0f}s, {pruned['states']}")
+        unpruned_study, unpruned_s = run_search(write_study(tmp, "unpruned", args, 'type = "none"'), url, root,
+                                                tmp / "ck", fingerprint, enqueue=params)  # fmt: skip
+        unpruned = summary(unpruned_study)
+        say(f"unpruned search: {unpruned_s:.0f}s, {unpruned['states']}")
+        assert [t.params for t in unpruned["trials"]] == params, "the unpruned run must train the same configs"
+
+    say("")
+    say(f"{'trial':>5} {'pruned run':>22} {'unpruned run':>22}  params")
+    for a, b in zip(pruned["trials"], unpruned["trials"], strict=True):
+        def cell(t):
+            v = t.user_attrs.get("val_loss")
+            return f"{t.state.name[:8]:<8} {t.user_attrs.get('epochs_run') or 0:>2}ep {v if v is None else round(v, 4)!s:>7}"
+        p = ", ".join(f"{k}={round(v, 5) if isinstance(v, float) else v}" for k, v in a.params.items())
+        say(f"{a.number:>5} {cell(a):>22} {cell(b):>22}  {p}")
+    ratio = pruned["epochs"] / max(unpruned["epochs"], 1)
+    rel = (pruned["best"] - unpruned["best"]) / abs(unpruned["best"])
+    say("")
+    say(f"epochs spent: pruned {pruned['epochs']}, unpruned {unpruned['epochs']} (budget {args.trials * args.epochs}); "
+        f"ratio {ratio:.3f}")
+    say(f"wall time: pruned {pruned_s:.0f}s, unpruned {unpruned_s:.0f}s (ratio {pruned_s / unpruned_s:.3f}, "
+        f"includes each completed trial's evaluation)")
+    brackets, floor = pruning_floor(args.pruner, args.min_resource, args.reduction_factor, args.epochs)
+    say(f"{args.pruner} here has {brackets} bracket(s); with unlimited trials of stationary quality (a random sampler) "
+        f"it would spend {floor:.3f} of the unpruned epochs. Each bracket promotes its first trials when they are "
+        f"the best so far, and a sampler that improves over time (TPE) keeps producing trials that beat the "
+        f"earlier ones, so a short search spends more; {pruned['states'].get('COMPLETE', 0)} of {args.trials} trials "
+        f"ran to the end here.")
+    say(f"best val_loss: pruned {pruned['best']:.4f} (trial {pruned['best_trial']}), unpruned {unpruned['best']:.4f} "
+        f"(trial {unpruned['best_trial']}); pruned is {100 * rel:+.2f}% off")
+    verdict("pruned / unpruned epochs spent", ratio, TARGET_EPOCHS, at_least=False)
+    verdict("pruned best val_loss vs unpruned best (relative excess)", max(rel, 0.0), TARGET_BEST, at_least=False)
+
+
+if __name__ == "__main__":
+    run_main(main)
