@@ -186,9 +186,10 @@ def train(
                 if should_stop and should_stop():
                     interrupted = True
                     break
-                b = train_batcher.make(idx, rng).to(dev)
+                cpu_batch = train_batcher.make(idx, rng)
+                weights.append(int(cpu_batch.tgt_out.ne(PAD_ID).sum()))  # counted on the CPU: no device sync
+                b = cpu_batch.to(dev)
                 losses.append(train_step(model, opt, scaler, b, cfg, dev, dtype))
-                weights.append(int(b.tgt_out.ne(PAD_ID).sum()))
                 frames += b.frames
                 bar.advance()
             if interrupted:

@@ -59,8 +59,12 @@ class StopFlag:
         self.signal = ""
 
     def install(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handle)
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore(self) -> None:
+        """Give the caller back its own handlers (run_worker may be used as a library)."""
+        for sig, handler in getattr(self, "_previous", {}).items():
+            signal.signal(sig, handler)
 
     def _handle(self, signum, _frame) -> None:
         if self.set:
@@ -237,43 +241,46 @@ def run_worker(settings: WorkerSettings, log=None) -> dict:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     stop = StopFlag()
     stop.install()
-    gate = BudgetGate(opened)
-    objective = make_objective(opened, data, settings, gate, stop, log)
-    ran, waited = 0, False
-    deadline = time.monotonic() + opened.spec.timeout if opened.spec.timeout else None
-    while not stop() and (settings.n_trials is None or ran < settings.n_trials):
-        if deadline and time.monotonic() > deadline:
-            break
-        if not gate.enter():
-            # The budget is spent, but a trial still RUNNING may belong to a dead worker: stay until it
-            # finishes, or goes stale and is re-queued (then we run the retry), so nothing is lost.
-            running = gate.running()
-            if not running:
+    try:
+        gate = BudgetGate(opened)
+        objective = make_objective(opened, data, settings, gate, stop, log)
+        ran, waited = 0, False
+        deadline = time.monotonic() + opened.spec.timeout if opened.spec.timeout else None
+        while not stop() and (settings.n_trials is None or ran < settings.n_trials):
+            if deadline and time.monotonic() > deadline:
                 break
-            if not waited:
-                log(f"budget spent; waiting for trial(s) {', '.join(map(str, running))} to finish "
-                    "(or to go stale and be retried here)")
-                waited = True
-            _pause(heartbeat_settings()[0], stop)
-            continue
-        waited, gate.last_trial = False, None
-        try:
-            opened.study.optimize(objective, n_trials=1, catch=(TrialFailed,), gc_after_trial=True)
-        except (optuna.exceptions.UpdateFinishedTrialError, ValueError) as exc:
-            ended = _ended_elsewhere(opened.study, gate.last_trial, exc)
-            if ended is None:
-                raise
-            log(f"trial {gate.last_trial} was marked {ended} while running here (its heartbeat lapsed, so "
-                "another worker failed it and re-queued a retry); going on")
-            gate.last_trial = None  # said all there is to say about it
-        finally:
-            gate.release()
-        ran += 1
-        last = next((t for t in opened.study.get_trials(deepcopy=False) if t.number == gate.last_trial), None)
-        if last is not None and last.state == TrialState.FAIL:
-            log(f"trial {last.number}: failed: {last.user_attrs.get('fail_reason')}")
-        elif last is not None and last.state == TrialState.PRUNED:
-            log(f"trial {last.number}: pruned after epoch {last.user_attrs.get('epochs_run')}")
+            if not gate.enter():
+                # The budget is spent, but a trial still RUNNING may belong to a dead worker: stay until it
+                # finishes, or goes stale and is re-queued (then we run the retry), so nothing is lost.
+                running = gate.running()
+                if not running:
+                    break
+                if not waited:
+                    log(f"budget spent; waiting for trial(s) {', '.join(map(str, running))} to finish "
+                        "(or to go stale and be retried here)")
+                    waited = True
+                _pause(heartbeat_settings()[0], stop)
+                continue
+            waited, gate.last_trial = False, None
+            try:
+                opened.study.optimize(objective, n_trials=1, catch=(TrialFailed,), gc_after_trial=True)
+            except (optuna.exceptions.UpdateFinishedTrialError, ValueError) as exc:
+                ended = _ended_elsewhere(opened.study, gate.last_trial, exc)
+                if ended is None:
+                    raise
+                log(f"trial {gate.last_trial} was marked {ended} while running here (its heartbeat lapsed, so "
+                    "another worker failed it and re-queued a retry); going on")
+                gate.last_trial = None  # said all there is to say about it
+            finally:
+                gate.release()
+            ran += 1
+            last = next((t for t in opened.study.get_trials(deepcopy=False) if t.number == gate.last_trial), None)
+            if last is not None and last.state == TrialState.FAIL:
+                log(f"trial {last.number}: failed: {last.user_attrs.get('fail_reason')}")
+            elif last is not None and last.state == TrialState.PRUNED:
+                log(f"trial {last.number}: pruned after epoch {last.user_attrs.get('epochs_run')}")
+    finally:
+        stop.restore()
     states = {}
     for t in opened.study.get_trials(deepcopy=False):
         states[t.state.name] = states.get(t.state.name, 0) + 1
