@@ -88,7 +88,8 @@ def start(study: str, *, storage: str | None, data: Path | None, n_trials: int |
                               start_new_session=True)  # a terminal Ctrl-C reaches us once; we forward it
              for i, d in enumerate(devs)]
     if procs:
-        say(f"{len(procs)} worker(s) on {', '.join(devs)}; Ctrl-C stops them after their current epoch")
+        say(f"{len(procs)} worker(s) on {', '.join(devs)}; Ctrl-C ends their trials cleanly "
+            "(recorded as interrupted) and stops them")
     else:
         say(f"no local workers; attach some with: h2s-search worker --study {opened.spec.name} "
             f"--storage {parse_url(url).masked}")
