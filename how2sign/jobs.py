@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +78,3 @@ def run_training(cfg: TrainConfig, root: Path, out: Path, *, device: str = "auto
 def write_predictions(path: Path, hypotheses: list[str]) -> None:
     Path(path).write_text("".join(h.replace("\n", " ") + "\n" for h in hypotheses))
 
-
-def write_json(path: Path, obj) -> None:
-    Path(path).write_text(json.dumps(obj, indent=2))

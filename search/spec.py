@@ -47,11 +47,6 @@ class Param:
         """Every value for categoricals, the two ends otherwise (enough to check d_model/nhead)."""
         return list(self.choices) if self.type == "categorical" else [self.low, self.high]
 
-    def contains(self, v) -> bool:
-        if self.type == "categorical":
-            return v in self.choices
-        return self.low <= v <= self.high
-
 
 @dataclass(frozen=True)
 class StudySpec:

@@ -301,6 +301,3 @@ def _ended_elsewhere(study, number: int | None, exc: BaseException) -> str | Non
     t = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
     return t.state.name if t is not None and t.state.is_finished() else None
 
-
-def unfinished(study) -> list:
-    return [t for t in study.get_trials(deepcopy=False) if t.state in (TrialState.RUNNING, TrialState.WAITING)]
