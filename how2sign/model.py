@@ -71,31 +71,56 @@ class PositionalEncoding(nn.Module):
         return x + self.pe[: x.size(1)]
 
 
+class PoseEncoder(nn.Module):
+    """Keypoint frames -> contextual frame vectors. One module for translation and pretraining.
+
+    `SignTranslator.encoder` and the masked-keypoint pretraining model both hold exactly this module, so an
+    encoder's state_dict keys are the same wherever it was trained (see docs/architecture.md).
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.input_proj = nn.Sequential(nn.Linear(cfg.input_dim, d), nn.LayerNorm(d))
+        self.pos = PositionalEncoding(d, cfg.max_frames)
+        self.dropout = nn.Dropout(cfg.dropout)
+        layer = nn.TransformerEncoderLayer(d, cfg.nhead, cfg.dim_feedforward, cfg.dropout, batch_first=True)
+        # No nested-tensor fast path: it changes numerics between train and eval and warns on every call.
+        self.transformer = nn.TransformerEncoder(layer, cfg.encoder_layers, norm=nn.LayerNorm(d),
+                                            enable_nested_tensor=False)
+        _xavier(self.transformer)
+
+    def embed_frames(self, src: torch.Tensor) -> torch.Tensor:
+        # src (B, T, F) -> (B, T, D): projected, with positions, before the Transformer layers
+        return self.dropout(self.pos(self.input_proj(src)))
+
+    def forward(self, src: torch.Tensor, src_pad: torch.Tensor) -> torch.Tensor:
+        # src (B, T, F), src_pad (B, T) True where padded -> memory (B, T, D)
+        return self.transformer(self.embed_frames(src), src_key_padding_mask=src_pad)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def _xavier(module: nn.Module) -> None:
+    """nn.Transformer's own initialisation: Xavier-uniform for every matrix."""
+    for p in module.parameters():
+        if p.dim() > 1:
+            nn.init.xavier_uniform_(p)
+
+
 class SignTranslator(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
         d = cfg.d_model
-        self.input_proj = nn.Sequential(nn.Linear(cfg.input_dim, d), nn.LayerNorm(d))
-        self.src_pos = PositionalEncoding(d, cfg.max_frames)
+        self.encoder = PoseEncoder(cfg)
         self.tgt_pos = PositionalEncoding(d, cfg.max_tokens)
         self.embed = nn.Embedding(cfg.vocab_size, d, padding_idx=PAD_ID)
         self.dropout = nn.Dropout(cfg.dropout)
-        # The encoder is built here only to switch off the nested-tensor fast path, which changes
-        # numerics between train and eval and warns on every call.
-        enc_layer = nn.TransformerEncoderLayer(d, cfg.nhead, cfg.dim_feedforward, cfg.dropout, batch_first=True)
-        encoder = nn.TransformerEncoder(enc_layer, cfg.encoder_layers, norm=nn.LayerNorm(d),
-                                        enable_nested_tensor=False)
-        self.transformer = nn.Transformer(
-            d_model=d,
-            nhead=cfg.nhead,
-            num_encoder_layers=cfg.encoder_layers,
-            num_decoder_layers=cfg.decoder_layers,
-            dim_feedforward=cfg.dim_feedforward,
-            dropout=cfg.dropout,
-            batch_first=True,
-            custom_encoder=encoder,
-        )
+        layer = nn.TransformerDecoderLayer(d, cfg.nhead, cfg.dim_feedforward, cfg.dropout, batch_first=True)
+        self.decoder = nn.TransformerDecoder(layer, cfg.decoder_layers, norm=nn.LayerNorm(d))
+        _xavier(self.decoder)
         self.head = nn.Linear(d, cfg.vocab_size, bias=False)
         self.head.weight = self.embed.weight  # tied: the output head reads tokens the way the input writes them
         nn.init.normal_(self.embed.weight, std=d**-0.5)
@@ -107,19 +132,19 @@ class SignTranslator(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     def transformer_parameters(self) -> int:
-        return sum(p.numel() for p in self.transformer.parameters())
+        """The Transformer core: encoder and decoder layers with their final norms."""
+        return sum(p.numel() for p in (*self.encoder.transformer.parameters(), *self.decoder.parameters()))
 
     def encode(self, src: torch.Tensor, src_pad: torch.Tensor) -> torch.Tensor:
         # src (B, T, F), src_pad (B, T) True where padded -> memory (B, T, D)
-        x = self.dropout(self.src_pos(self.input_proj(src)))
-        return self.transformer.encoder(x, src_key_padding_mask=src_pad)
+        return self.encoder(src, src_pad)
 
     def decode(self, tgt_in: torch.Tensor, memory: torch.Tensor, src_pad: torch.Tensor) -> torch.Tensor:
         # tgt_in (B, L) token ids -> logits (B, L, V)
         L = tgt_in.size(1)
         y = self.dropout(self.tgt_pos(self.embed(tgt_in) * math.sqrt(self.cfg.d_model)))
         causal = torch.triu(torch.ones(L, L, dtype=torch.bool, device=tgt_in.device), diagonal=1)  # True: hidden
-        h = self.transformer.decoder(
+        h = self.decoder(
             y, memory, tgt_mask=causal, tgt_key_padding_mask=tgt_in.eq(PAD_ID), memory_key_padding_mask=src_pad
         )
         return self.head(h)
