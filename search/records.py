@@ -1,0 +1,121 @@
+"""What a trial records in the study: one typed schema, and the only module that spells the attribute names.
+
+Scripts, the report and optuna-dashboard read these user attributes, so their stored names are a contract
+(docs/architecture.md lists them). Code uses the field names; `n_params` is stored as `params`, the name the
+contract fixed before Optuna's own `trial.params` (the hyperparameters) was in the picture.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+
+class _Unset:
+    """A field the record does not touch (unlike None, which is stored as null)."""
+
+    _instance = None
+
+    def __new__(cls):
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+UNSET: Any = _Unset()
+
+# Field name -> stored user-attribute name, where the two differ.
+STORED_AS = {"n_params": "params"}
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """A trial's user attributes. Fields left UNSET are neither written nor cleared."""
+
+    # anchor
+    anchor: bool | None = UNSET
+    anchor_name: str | None = UNSET
+    # size: the measured parameter count
+    n_params: int | None = UNSET
+    # progress
+    epochs_run: int | None = UNSET
+    best_epoch: int | None = UNSET
+    # losses (at the best epoch)
+    train_loss: float | None = UNSET
+    val_loss: float | None = UNSET
+    gap: float | None = UNSET
+    # translation quality (completed trials)
+    bleu: float | None = UNSET
+    chrf: float | None = UNSET
+    vocab_coverage: float | None = UNSET
+    repetition_rate: float | None = UNSET
+    verdict: str | None = UNSET
+    # where and how fast
+    device: str | None = UNSET
+    host: str | None = UNSET
+    seconds: float | None = UNSET
+    frames_per_second: float | None = UNSET
+    # where the time went; the four add up to `seconds`
+    seconds_train: float | None = UNSET
+    seconds_validate: float | None = UNSET
+    seconds_evaluate: float | None = UNSET
+    seconds_other: float | None = UNSET
+    # recovery
+    resumed_from_epoch: int | None = UNSET
+    fail_reason: str | None = UNSET
+    # outputs
+    checkpoint: str | None = UNSET
+    # reproducibility
+    seed: int | None = UNSET
+    h2s_version: str | None = UNSET
+    torch_version: str | None = UNSET
+    optuna_version: str | None = UNSET
+    # diagnosis
+    overfit_epoch: int | None = UNSET
+    final_gap: float | None = UNSET
+    lr_collapsed: bool | None = UNSET
+    diagnosis: str | None = UNSET
+    samples: list | None = UNSET
+
+    @staticmethod
+    def stored_name(field_name: str) -> str:
+        return STORED_AS.get(field_name, field_name)
+
+    def attrs(self) -> dict[str, Any]:
+        """The set fields under their stored names; non-finite floats become None (JSON has no NaN)."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is UNSET:
+                continue
+            out[self.stored_name(f.name)] = None if isinstance(value, float) and not math.isfinite(value) else value
+        return out
+
+    def write(self, trial) -> None:
+        """Store the set fields on a live trial, in one database transaction where the storage allows it."""
+        from .storage import set_user_attrs
+
+        set_user_attrs(trial, self.attrs())
+
+    @classmethod
+    def read(cls, trial) -> TrialRecord:
+        """From a FrozenTrial (or anything with user_attrs); attributes the trial lacks read as None."""
+        attrs = trial.user_attrs
+        return cls(**{f.name: attrs.get(cls.stored_name(f.name)) for f in fields(cls)})
+
+    def get(self, name: str):
+        """A field's value, None when UNSET."""
+        value = getattr(self, name)
+        return None if value is UNSET else value
+
+
+def stored_names() -> tuple[str, ...]:
+    """Every user-attribute name a trial may carry, as stored."""
+    return tuple(TrialRecord.stored_name(f.name) for f in fields(TrialRecord))
