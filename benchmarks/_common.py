@@ -1,6 +1,6 @@
 """Shared helpers for the benchmark scripts: arguments, temp folders, medians, PASS/FAIL lines.
 
-Every benchmark prints ratios measured within one run (DESIGN section 8), so its verdict holds on a
+Every benchmark prints ratios measured within one run, so its verdict holds on a
 noisy shared machine; absolute times are printed for information only.
 """
 

@@ -7,7 +7,7 @@
                  length, select and normalise points) and the float16 conversion.
 
 Both read the synthetic corpus's train split with a warm page cache (one untimed pass of each first);
-repetitions alternate JSON and packed and the ratio uses medians. Target (DESIGN section 8): the
+repetitions alternate JSON and packed and the ratio uses medians. Target: the
 packed epoch is >= 50x faster.
 
     python benchmarks/cache.py [--quick]

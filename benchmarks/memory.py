@@ -9,7 +9,7 @@ both with the same 200-clip val split. Each measurement is a fresh subprocess th
 runs `train()` (a tiny model: the point is the data path) for the first N batches of epoch 1's
 shuffled, bucketed plan (N = 15 batches of 64, stopped through `should_stop`), so the clips it reads
 are spread over the whole dataset; the child reports its own VmHWM (peak RSS) from /proc/self/status.
-Big and small runs alternate; the ratio uses medians. Target (DESIGN section 8): <= 1.2.
+Big and small runs alternate; the ratio uses medians. Target: <= 1.2.
 
 Also shown: RSS split into anonymous and file-backed (memory-mapped cache pages), what a pass over
 every clip does to the file-backed part, and two workers on one host reading the same cache

@@ -7,7 +7,7 @@ same per-epoch RNG stream that `train()` uses), for
     median of 140 frames (sigma 0.5), redrawn outside 20-600 frames,
 at batch sizes 32, 64 and 128. Unbucketed batching (a random permutation cut into batches) is shown
 for comparison. Clips longer than TrainConfig.max_frames are subsampled, so lengths are capped there
-as `Batcher.plan` does. Target (DESIGN section 8): >= 0.90.
+as `Batcher.plan` does. Target: >= 0.90.
 
     python benchmarks/padding.py [--quick]
 """

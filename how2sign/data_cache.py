@@ -1,4 +1,4 @@
-"""The packed cache (DESIGN section 3.3): one split parsed once into a memory-mapped float16 array.
+"""The packed cache (docs/architecture.md, section 1): one split parsed once into a memory-mapped float16 array.
 
 Cache folder layout (default `<root>/h2s-packed/<split>/`, see `default_cache_dir`):
 

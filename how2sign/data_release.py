@@ -1,4 +1,4 @@
-"""The How2Sign release as shipped (DESIGN section 3.1): the split CSVs and the keypoint sources.
+"""The How2Sign release as shipped: the split CSVs and the keypoint sources.
 
 Keypoints come, per split, from OpenPose JSON (one file per frame) or from pose-format `.pose` files
 (one per clip); JSON is used when its folder exists. Both are read into the OpenPose 137-point array

@@ -87,7 +87,7 @@ class PoseEncoder(nn.Module):
         layer = nn.TransformerEncoderLayer(d, cfg.nhead, cfg.dim_feedforward, cfg.dropout, batch_first=True)
         # No nested-tensor fast path: it changes numerics between train and eval and warns on every call.
         self.transformer = nn.TransformerEncoder(layer, cfg.encoder_layers, norm=nn.LayerNorm(d),
-                                            enable_nested_tensor=False)
+                                                 enable_nested_tensor=False)
         _xavier(self.transformer)
 
     def embed_frames(self, src: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Named TrainConfigs from the researcher's notes (v4-training-strategy.md).
+"""Named TrainConfigs from the researcher's notes.
 
 The notes give architecture, dropout, batch size, epochs, patience and the schedule; the rest is ours
 and stated here. nhead is 8 at d_model 512 and 4 at 256 and below (64- and 32-wide heads). V1 and V2

@@ -1,4 +1,4 @@
-"""A learnable synthetic corpus in How2Sign's on-disk release format (DESIGN §3.1, §3.5).
+"""A learnable synthetic corpus in How2Sign's on-disk release format.
 
 Each of 60 content words is a sign: a word-specific Bezier path of the right wrist (in shoulder
 widths), hand direction and finger curls; some signs are two-handed. Sentences put 2-6 signs of one
