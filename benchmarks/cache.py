@@ -24,8 +24,8 @@ from _common import header, make_corpus, median, parse_args, run_main, say, verd
 from how2sign.batches import Batcher
 from how2sign.config import TrainConfig
 from how2sign.data import csv_path, detect_source, load_split, read_csv
-from how2sign.data_cache import _F16_MAX
-from how2sign.data_release import read_clip
+from how2sign.data.cache import _F16_MAX
+from how2sign.data.release import read_clip
 from how2sign.features import DEFAULT_POINTS
 from how2sign.vocab import Vocab
 

@@ -46,7 +46,7 @@ WORDS = [f"w{i}" for i in range(500)]  # both caches reach the whole word list, 
 def write_packed_split(root: Path, split: str, lengths: np.ndarray, seed: int) -> Path:
     """A split CSV plus its packed cache at the default location, as pack_split would leave them."""
     from how2sign.data import PackSummary, cache_candidates, compute_fingerprint, csv_path
-    from how2sign.data_cache import FEATURES_FILE, META_FILE, META_FORMAT, OFFSETS_FILE, _csv_stamp
+    from how2sign.data.cache import FEATURES_FILE, META_FILE, META_FORMAT, OFFSETS_FILE, _csv_stamp
     from how2sign.features import DEFAULT_POINTS, FEATURE_VERSION
 
     rng = np.random.default_rng(seed)
@@ -170,7 +170,7 @@ def use_pread() -> None:
     os.pread instead of through the memmap. The page cache is still shared by every process on the
     host, but no file pages are mapped into this process, so they do not count in its RSS."""
     from how2sign.data import PackedSplit
-    from how2sign.data_cache import FEATURES_FILE
+    from how2sign.data.cache import FEATURES_FILE
 
     fds: dict[Path, int] = {}
 

@@ -14,7 +14,7 @@ from pose_format.numpy import NumPyPoseBody
 from pose_format.pose_header import PoseHeader, PoseHeaderComponent, PoseHeaderDimensions
 from pose_format.utils.openpose import load_openpose
 
-import how2sign.data_cache as data_cache
+import how2sign.data.cache as data_cache
 from how2sign.data import (
     CSV_COLUMNS,
     DataError,
@@ -28,8 +28,8 @@ from how2sign.data import (
     pose_dir,
     read_csv,
 )
+from how2sign.data.posefile import FACE_MESH_TO_OPENPOSE, HOLISTIC_BODY_TO_BODY25, HOLISTIC_MIDPOINTS
 from how2sign.features import FACE_OFFSET, NUM_POINTS, OPENPOSE_COMPONENTS
-from how2sign.posefile import FACE_MESH_TO_OPENPOSE, HOLISTIC_BODY_TO_BODY25, HOLISTIC_MIDPOINTS
 
 JSON_DIR = "sentence_level/{split}/rgb_front/features/openpose_output/json"
 

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from how2sign.data_errors import DataError
-from how2sign.data_release import SKIP_REASONS, check_root, csv_path, detect_source, read_clip, read_csv
+from how2sign.data.errors import DataError
+from how2sign.data.release import SKIP_REASONS, check_root, csv_path, detect_source, read_clip, read_csv
 from how2sign.features import DEFAULT_POINTS, FEATURE_VERSION, check_points
 
 META_FORMAT = 1
@@ -38,7 +38,7 @@ _F16_MAX = 65000.0  # just under float16's largest finite value
 
 @dataclass
 class PackSummary:
-    """What packing a split found. `skipped` counts clips by reason (see data_release.SKIP_REASONS)."""
+    """What packing a split found. `skipped` counts clips by reason (see release.SKIP_REASONS)."""
 
     split: str
     source: str  # "json" or "pose"

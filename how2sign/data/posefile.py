@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from pose_format import Pose
 
-from how2sign.data_errors import DataError
+from how2sign.data.errors import DataError
 from how2sign.features import (
     DEFAULT_FPS,
     FACE_OFFSET,

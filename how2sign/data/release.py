@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from how2sign.data_errors import DataError
+from how2sign.data.errors import DataError
+from how2sign.data.posefile import CorruptPoseFile, read_pose_file
 from how2sign.features import DEFAULT_FPS, NUM_POINTS, OPENPOSE_COMPONENTS, missing_mask, normalise
-from how2sign.posefile import CorruptPoseFile, read_pose_file
 
 CSV_COLUMNS = ("VIDEO_ID", "VIDEO_NAME", "SENTENCE_ID", "SENTENCE_NAME", "START_REALIGNED", "END_REALIGNED", "SENTENCE")
 MIN_FRAMES = 4  # a clip needs at least this many frames with a person in them

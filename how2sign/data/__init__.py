@@ -1,7 +1,7 @@
 """How2Sign data: release reader, .pose reader, packed cache and length-bucketed batching.
 
-The pieces live in `data_release` (CSV and keypoint sources), `posefile` (.pose layouts) and
-`data_cache` (the memory-mapped cache); this module is their public face, plus `bucket_batches`.
+The pieces live in `release` (CSV and keypoint sources), `posefile` (.pose layouts) and
+`cache` (the memory-mapped cache); this package is their public face, plus `bucket_batches`.
 
     split = load_split(root, "train")          # packs on first use, then memory-maps the cache
     for batch in bucket_batches(split.lengths, 64, shuffle=True, rng=np.random.default_rng(0)):
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from how2sign.data_cache import (
+from how2sign.data.cache import (
     PackedSplit,
     PackSummary,
     cache_candidates,
@@ -26,8 +26,9 @@ from how2sign.data_cache import (
     open_cache,
     pack_split,
 )
-from how2sign.data_errors import DataError
-from how2sign.data_release import (
+from how2sign.data.errors import DataError
+from how2sign.data.posefile import read_pose_file
+from how2sign.data.release import (
     CSV_COLUMNS,
     MIN_FRAMES,
     SKIP_CORRUPT,
@@ -44,7 +45,6 @@ from how2sign.data_release import (
     read_json_clip,
     read_json_frame,
 )
-from how2sign.posefile import read_pose_file
 
 __all__ = [
     "CSV_COLUMNS",
