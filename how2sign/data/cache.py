@@ -107,9 +107,19 @@ class PackedSplit:
         return f"PackedSplit({self.split!r}, {len(self)} clips, {int(self.lengths.sum())} frames, {self.path})"
 
     def clip(self, i: int) -> np.ndarray:
-        """(T, P, 3) float32 copy of clip i; reads only that slice of the memmap."""
-        s = int(self.starts[i])
-        return np.array(self.features[s : s + int(self.lengths[i])], dtype=np.float32)
+        """(T, P, 3) float32 copy of clip i.
+
+        Read with os.pread into a fresh buffer rather than by slicing the memmap: the bytes still come from
+        the page cache that every worker on the host shares, but no file pages stay mapped into this
+        process, so its resident memory does not grow with the dataset (benchmarks/memory.py).
+        """
+        s, n = int(self.starts[i]), int(self.lengths[i])
+        f = self.features
+        if not isinstance(f, np.memmap) or f.filename is None:
+            return np.array(f[s : s + n], dtype=np.float32)
+        row = f.strides[0]  # bytes per frame
+        raw = os.pread(_reader(f.filename), n * row, f.offset + s * row)
+        return np.frombuffer(raw, dtype=f.dtype).reshape(n, *f.shape[1:]).astype(np.float32)
 
     def subset(self, indices: Sequence[int] | np.ndarray) -> PackedSplit:
         """A view on the given clips (in the given order), sharing this split's memmap."""
@@ -126,6 +136,18 @@ class PackedSplit:
     def summary_dict(self) -> dict:
         """The pack summary as plain JSON-able data (also for subsets: it describes the whole pack)."""
         return {**self.summary.to_dict(), "path": str(self.path), "fingerprint": self.fingerprint}
+
+
+_readers: dict[tuple[int, str], int] = {}
+
+
+def _reader(filename: str) -> int:
+    """This process's read-only descriptor for a cache file (keyed by pid: a forked child opens its own)."""
+    key = (os.getpid(), filename)
+    fd = _readers.get(key)
+    if fd is None:
+        fd = _readers[key] = os.open(filename, os.O_RDONLY)
+    return fd
 
 
 def fingerprint_of(*splits: PackedSplit) -> str:
