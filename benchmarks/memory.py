@@ -126,8 +126,6 @@ def child(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(1)
     root = Path(args.child)
-    if args.pread:
-        use_pread()
     report: dict = {"start": status()}
     data = TrainData.load(root)
     report["loaded"] = status()
@@ -165,32 +163,10 @@ def child(args: argparse.Namespace) -> None:
         sys.stdin.readline()  # the parent reads our smaps_rollup meanwhile
 
 
-def use_pread() -> None:
-    """The fix proposed in benchmarks/README.md, patched in for comparison only: read a clip with
-    os.pread instead of through the memmap. The page cache is still shared by every process on the
-    host, but no file pages are mapped into this process, so they do not count in its RSS."""
-    from how2sign.data import PackedSplit
-    from how2sign.data.cache import FEATURES_FILE
-
-    fds: dict[Path, int] = {}
-
-    def clip(self, i: int) -> np.ndarray:
-        fd = fds.get(self.path)
-        if fd is None:
-            fd = fds[self.path] = os.open(self.path / FEATURES_FILE, os.O_RDONLY)
-        frame = self.features.shape[1] * self.features.shape[2]
-        s, n = int(self.starts[i]), int(self.lengths[i])
-        raw = os.pread(fd, n * frame * 2, s * frame * 2)
-        return np.frombuffer(raw, dtype=np.float16).reshape(n, *self.features.shape[1:]).astype(np.float32)
-
-    PackedSplit.clip = clip
-
-
-def spawn(root: Path, *, steps: int, scan: bool = False, hold: bool = False, pread: bool = False) -> subprocess.Popen:
+def spawn(root: Path, *, steps: int, scan: bool = False, hold: bool = False) -> subprocess.Popen:
     cmd = [sys.executable, __file__, "--child", str(root), "--steps", str(steps)]
     cmd += ["--scan"] if scan else []
     cmd += ["--hold"] if hold else []
-    cmd += ["--pread"] if pread else []
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
 
@@ -203,8 +179,8 @@ def read_report(p: subprocess.Popen) -> dict:
     raise RuntimeError(f"child exited with {p.returncode} before reporting")
 
 
-def run_child(root: Path, *, steps: int, scan: bool = False, pread: bool = False) -> dict:
-    p = spawn(root, steps=steps, scan=scan, pread=pread)
+def run_child(root: Path, *, steps: int, scan: bool = False) -> dict:
+    p = spawn(root, steps=steps, scan=scan)
     rep = read_report(p)
     p.stdin.close()
     if p.wait() != 0:
@@ -257,7 +233,7 @@ def main() -> None:
                                                                         help=argparse.SUPPRESS),
         p.add_argument("--scan", action="store_true", help=argparse.SUPPRESS),
         p.add_argument("--hold", action="store_true", help=argparse.SUPPRESS),
-        p.add_argument("--pread", action="store_true", help=argparse.SUPPRESS)))  # fmt: skip
+        ))  # fmt: skip
     if args.child:
         child(args)
         return
@@ -278,15 +254,13 @@ def main() -> None:
         say(f"wrote packed caches in {time.perf_counter() - t0:.0f}s: big {n_big} clips ({mb(size_big)} features), "
             f"small {n_small} clips ({mb(size_small)})")
 
-        runs: dict[str, list[dict]] = {"big": [], "small": [], "big, pread": [], "small, pread": []}
+        runs: dict[str, list[dict]] = {"big": [], "small": []}
         schedule = []
         for r in range(reps):
             schedule += [("big", "small") if r % 2 == 0 else ("small", "big")]
-        if not args.quick:
-            schedule += [("small, pread", "big, pread")]
         for pair_ in schedule:
             for which in pair_:
-                rep = run_child(big if which.startswith("big") else small, steps=STEPS, pread="pread" in which)
+                rep = run_child(big if which == "big" else small, steps=STEPS)
                 runs[which].append(rep)
                 t = rep["trained"]
                 say(f"{which:>12}: peak RSS {mb(t['VmHWM'])} (after loading the data {mb(rep['loaded']['VmHWM'])}); "
@@ -333,11 +307,8 @@ def main() -> None:
     say(f"  {STEPS} steps read {runs['big'][0]['clips_read']} clips (~{mb(read)} of features), yet "
         f"{mb(cache_rss['big'])} of the big cache ({100 * cache_rss['big'] / size_big:.0f}% of features.f16, "
         f"{cache_rss['big'] / read:.0f}x what was read) is mapped into the process's RSS (small: {mb(cache_rss['small'])}, "
-        f"{100 * cache_rss['small'] / size_small:.0f}% of its file): the kernel maps whole page-cache folios "
-        f"(readahead-sized) around each scattered memmap read")
-    if "big, pread" in peak:
-        say(f"with clip() reading through os.pread instead of the memmap (benchmark-local patch): peak RSS ratio "
-            f"{peak['big, pread'] / peak['small, pread']:.3f}")
+        f"{100 * cache_rss['small'] / size_small:.0f}% of its file): clip() reads with os.pread, so the page "
+        f"cache stays shared and out of the process")
     if scan is not None:
         s = scan["scanned"]
         say(f"after reading every clip of the big cache once (a whole epoch's reads): RSS {mb(s['VmRSS'])} = "
