@@ -228,7 +228,8 @@ def load_report_data(study: optuna.Study, storage_desc: str = "") -> ReportData:
         states=s["states"], budget=s["budget"], trials=trials, ranked=ranked, pareto=pareto,
         dimensions=_dimensions(frozen, list((raw_spec.get("space") or {}).keys())),
         importances=importances, importance_note=note, summary_lines=comparison_lines(s),
-        anchor_name=str((raw_spec.get("anchor") or {}).get("name", "")),
+        anchor_name=str((raw_spec.get("anchor") or {}).get("name", "")
+                        or next((t.record.anchor_name for t in trials if t.anchor and t.record.anchor_name), "")),
     )
 
 

@@ -63,7 +63,7 @@ def to_matplotlib(model: Figure):
         ax.set_xlabel(model.x.title)
     if model.y.title:
         ax.set_ylabel(model.y.title)
-    if any(s.kind == "bar" for s in model.series):
+    if any(s.kind == "bar" and len(s.x) > 10 for s in model.series):  # many trials: labels on their side
         ax.tick_params(axis="x", labelrotation=90, labelsize=7)
     if model.legend:
         ax.legend(fontsize=8)
