@@ -1,11 +1,5 @@
-"""`h2s-search report`: one self-contained HTML page (plotly.js inlined, opens offline), or the results
-table as a LaTeX tabular, plus optional PDF/PNG figures for a paper.
-
-The page shows the optimisation history with the anchor marked, parameter importances, parallel
-coordinates, every trial's learning curve (pruned ones too), validation loss against parameter count
-(the Pareto front for multi-objective studies), a table of the anchor, the best and the top 5 trials
-beside the researcher's V1-V3 results from the notes, and each trial's diagnosis in words.
-"""
+"""`write_report`: the HTML page (plotly.js inlined, opens offline) or the LaTeX table, plus the paper's
+figures on request. The page's sections are described in the package docstring."""
 
 from __future__ import annotations
 
