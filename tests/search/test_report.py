@@ -17,9 +17,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState, create_trial
 
 from search.diagnosis import diagnose
-from search.report import latex_table, write_report
-from search.report_data import load_report_data
-from search.report_figures import build_figures
+from search.report import build_figures, latex_table, load_report_data, write_report
 from search.spec import load_spec
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")

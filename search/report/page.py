@@ -1,11 +1,5 @@
-"""`h2s-search report`: one self-contained HTML page (plotly.js inlined, opens offline), or the results
-table as a LaTeX tabular, plus optional PDF/PNG figures for a paper.
-
-The page shows the optimisation history with the anchor marked, parameter importances, parallel
-coordinates, every trial's learning curve (pruned ones too), validation loss against parameter count
-(the Pareto front for multi-objective studies), a table of the anchor, the best and the top 5 trials
-beside the researcher's V1-V3 results from the notes, and each trial's diagnosis in words.
-"""
+"""`write_report`: the HTML page (plotly.js inlined, opens offline) or the LaTeX table, plus the paper's
+figures on request. The page's sections are described in the package docstring."""
 
 from __future__ import annotations
 
@@ -14,15 +8,15 @@ import html
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UserError
-from .report_data import NOTES_LABEL, ReportData, TableRow, TrialInfo, load_report_data
+from ..errors import UserError
+from .arms import CONTROL_ARM, ENCODER_PARAM, ArmsComparison, encoder_arms
+from .data import FIELD, NOTES_LABEL, ReportData, load_report_data
+from .model import FIGURE_TITLES
+from .tables import arms_table, diagnosis_text, latex_table, table
 
-__all__ = ["FORMATS", "ReportOutput", "latex_table", "render_html", "table", "write_report"]
+__all__ = ["FORMATS", "ReportOutput", "render_html", "write_report"]
 
 FORMATS = ("html", "latex")
-FIGURE_TITLES = {"history": "Optimisation history", "importances": "Parameter importances",
-                 "parallel": "Parallel coordinates", "intermediate": "Learning curves (intermediate values)",
-                 "params": "Validation loss against parameter count"}
 
 
 @dataclass
@@ -46,90 +40,17 @@ def write_report(study, out: Path, *, storage_desc: str = "", fmt: str = "html",
     if fmt == "latex":
         out.write_text(latex_table(d), encoding="utf-8")
     else:
-        from .report_figures import build_figures
+        from .plotly_figures import build_figures
 
         figs = build_figures(d)
         res.figures = [k for k, (f, _) in figs.items() if f is not None]
         res.missing = {k: note for k, (f, note) in figs.items() if f is None}
         out.write_text(render_html(d, figs), encoding="utf-8")
     if figures_dir is not None:
-        from .report_paper import write_figures
+        from .paper import write_figures
 
         res.files = write_figures(d, Path(figures_dir))
     return res
-
-
-# --------------------------------------------------------------------------- the results table
-def _num(v, spec: str) -> str:
-    return "–" if v is None else format(v, spec)
-
-
-def _millions(n) -> str:
-    return "–" if n is None else f"{n / 1e6:.2f}M" if n >= 1e5 else f"{int(n):,}"
-
-
-def _param(v) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
-
-
-def table(d: ReportData) -> tuple[list[str], list[tuple[TableRow, list[str]]]]:
-    """Headers and formatted cells, shared by the HTML page and the LaTeX export."""
-    headers = ["role", "trial", *d.param_names, "parameters", "val loss", "gap", "BLEU", "verdict", "diagnosis"]
-    rows = []
-    for r in d.table_rows():
-        if r.trial is not None:
-            t = r.trial
-            cells = [r.role, str(t.number), *(_param(t.params[p]) if p in t.params else "–" for p in d.param_names),
-                     _millions(t.attr("params")), _num(t.val_loss, ".4f"), _num(t.attr("gap"), ".3f"),
-                     _num(t.attr("bleu"), ".2f"), str(t.attr("verdict") or "–"), _diagnosis_text(t)]
-        else:
-            n = r.notes
-            bleu = "N/A" if n["bleu"] is None else f"{n['bleu']:.1f} (notes: {n['bleu_notes']})"
-            cells = [r.role, "–", *("–" for _ in d.param_names), _millions(n["n_params"]), f"{n['val_loss']:.2f}",
-                     _num(n["gap"], ".2f"), bleu, "–", n["issue"]]
-        rows.append((r, cells))
-    return headers, rows
-
-
-def _diagnosis_text(t: TrialInfo) -> str:
-    if t.attr("diagnosis"):
-        return str(t.attr("diagnosis"))
-    if t.state == "FAIL":
-        return f"failed: {t.attr('fail_reason') or 'no reason recorded'}"
-    if t.state in ("RUNNING", "WAITING"):
-        return t.state.lower()
-    return "no diagnosis recorded"
-
-
-_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "–": "--"}
-
-
-def _tex(s: str) -> str:
-    return "".join(_LATEX_SPECIAL.get(c, c) for c in s)
-
-
-def latex_table(d: ReportData) -> str:
-    """The results table as a booktabs tabular; the notes' rows in their own block, marked as such."""
-    headers, rows = table(d)
-    n_params = len(d.param_names)
-    spec = "ll" + "r" * (n_params + 4) + "l" + "p{5cm}"
-    lines = [f"% h2s-search report: study {d.study} ({d.target}; BLEU on sacrebleu's 0-100 scale)",
-             "% needs \\usepackage{booktabs}",
-             f"\\begin{{tabular}}{{{spec}}}", "\\toprule",
-             " & ".join(_tex(h) for h in headers) + " \\\\", "\\midrule"]
-    notes_started = False
-    for r, cells in rows:
-        if r.notes is not None and not notes_started:
-            notes_started = True
-            lines += ["\\midrule", f"\\multicolumn{{{len(headers)}}}{{l}}{{\\emph{{{_tex(NOTES_LABEL.capitalize())} "
-                      f"(real How2Sign, by hand)}}}} \\\\"]
-            cells = [cells[0].split(" (")[0], *cells[1:]]
-        elif r.notes is not None:
-            cells = [cells[0].split(" (")[0], *cells[1:]]
-        lines.append(" & ".join(_tex(c) for c in cells) + " \\\\")
-    lines += ["\\bottomrule", "\\end{tabular}", ""]
-    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- the HTML page
@@ -189,19 +110,40 @@ def _table_html(d: ReportData) -> str:
 def _diagnosis_html(d: ReportData) -> str:
     items = []
     for t in d.trials:
-        text = _diagnosis_text(t)
+        text = diagnosis_text(t)
         cls = ' class="anchor"' if t.anchor else ""
         items.append(f'<li{cls}><b>{html.escape(t.label)}</b>: {html.escape(text)} '
                      f'<span class="state">({t.state.lower()})</span></li>')
-    overfit = [t for t in d.trials if t.attr("overfit_epoch") is not None]
-    collapsed = [t for t in d.trials if t.attr("lr_collapsed")]
-    read = [t for t in d.trials if t.attr("diagnosis")]
+    overfit = [t for t in d.trials if t.record.overfit_epoch is not None]
+    collapsed = [t for t in d.trials if t.record.lr_collapsed]
+    read = [t for t in d.trials if t.record.diagnosis]
     head = (f"<p>Read from each trial's train and validation curves as the notes did by hand: {len(overfit)} of "
             f"{len(read)} diagnosed trial(s) overfit (validation loss stopped improving while train loss kept "
             f"falling); {len(collapsed)} had a collapsed learning rate. Stored as the user attributes "
-            "<code>overfit_epoch</code>, <code>final_gap</code> (validation minus train loss at the last epoch), "
-            "<code>lr_collapsed</code> and <code>diagnosis</code>.</p>")
+            f"<code>{FIELD.overfit_epoch}</code>, <code>{FIELD.final_gap}</code> (validation minus train loss at "
+            f"the last epoch), <code>{FIELD.lr_collapsed}</code> and <code>{FIELD.diagnosis}</code>.</p>")
     return head + '<ul class="diagnosis" id="diagnosis">' + "".join(items) + "</ul>"
+
+
+def _arms_html(c: ArmsComparison | None) -> str:
+    """The encoder arms section; empty when the study does not search an `encoder` parameter."""
+    if c is None:
+        return ""
+    headers, rows = arms_table(c)
+    th = "".join(f'<th class="{"l" if i == 0 else ""}">{html.escape(h)}</th>' for i, h in enumerate(headers))
+    body = "".join(
+        f'<tr class="{"arm control" if r.control else "arm"}">'
+        + "".join(f'<td class="{"l" if i == 0 else ""}">{html.escape(x)}</td>' for i, x in enumerate(cells))
+        + "</tr>" for r, cells in zip(c.rows, rows, strict=True))
+    budget = f"{c.epochs} epochs" if c.epochs else "the study's epoch budget"
+    return (f'<h2 id="encoder-arms">Encoder arms at an equal epoch budget</h2>\n'
+            f'<div class="tablewrap"><table class="results" id="arms"><thead><tr>{th}</tr></thead>'
+            f'<tbody>{body}</tbody></table></div>\n'
+            f'<p class="note">One row per value of the <code>{ENCODER_PARAM}</code> parameter. Val loss and BLEU '
+            f'are over the complete trials, which all had the same budget ({html.escape(budget)}); seconds per '
+            f'trial over the complete trials, seconds per epoch over every trial that recorded its time. '
+            f'<code>{CONTROL_ARM}</code> is the control: a frozen encoder that was never trained. '
+            f'{html.escape(c.verdict)}</p>')
 
 
 def render_html(d: ReportData, figs: dict) -> str:
@@ -235,7 +177,9 @@ def render_html(d: ReportData, figs: dict) -> str:
 <p class="note">Parameters are measured (the notes' "~2M" for V4 is not what its shape has). Gap is validation
 minus train loss at the best epoch; BLEU is sacrebleu's 0–100 scale. The shaded rows at the bottom are
 {NOTES_LABEL}: they were measured on the real How2Sign data and cannot be compared number for number with a
-study on another corpus.</p>
+study on another corpus. Seconds are where each trial's time went (a dash: not recorded, as in studies
+run before the split was).</p>
+{_arms_html(encoder_arms(d))}
 {figures}
 <h2 id="diagnosis-section">Diagnosis per trial</h2>
 {_diagnosis_html(d)}

@@ -1,11 +1,13 @@
 """What the report shows, read out of a study once: trials, curves, ranking, importances, table rows.
 
-The plotly page (report.py, report_figures.py) and the paper exports (report_paper.py) draw from the
-same `ReportData`, so the HTML, the LaTeX table and the PDF figures cannot disagree.
+The HTML page, the LaTeX table and the paper figures all draw from the same `ReportData`, so they cannot
+disagree. Trial user attributes are read only through `search.records.TrialRecord`
+(the schema is in docs/architecture.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import warnings
@@ -16,25 +18,74 @@ import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from .summary import comparison_lines, summarize
+from ..records import TrialRecord
+from ..study import ATTR_DATA, ATTR_FINGERPRINT, ATTR_SPEC
+from ..summary import comparison_lines, summarize
 
-__all__ = ["NOTES_ROWS", "MIN_TRIALS_FOR_IMPORTANCE", "Dimension", "ReportData", "TableRow", "TrialInfo",
-           "load_report_data"]
+__all__ = ["FIELD", "MIN_TRIALS_FOR_IMPORTANCE", "NOTES_LABEL", "NOTES_ROWS", "TIME_SPLIT", "Dimension", "NotesRow",
+           "ReportData", "TableRow", "TrialInfo", "load_report_data", "read_val_curve"]
 
 MIN_TRIALS_FOR_IMPORTANCE = 3
 TOP_N = 5
 
-# The researcher's hand-run results (v4-training-strategy.md, "Previous Training Attempts"), on the real
-# How2Sign data: reference rows, never mixed into this study's numbers. BLEU on the 0-100 scale.
+
+class _StoredNames:
+    """`FIELD.val_loss` is the stored user-attribute name of that TrialRecord field: the report names
+    attributes (in prose, or as the objective's metric name) without spelling them, and a typo fails loudly."""
+
+    _names = frozenset(f.name for f in dataclasses.fields(TrialRecord))
+
+    def __getattr__(self, name: str) -> str:
+        if name not in self._names:
+            raise AttributeError(f"TrialRecord has no field {name!r}")
+        return TrialRecord.stored_name(name)
+
+
+FIELD = _StoredNames()
+
+# Where a trial's time went, in the order the report stacks and tabulates it (TrialInfo.time_split).
+TIME_SPLIT = ("train", "validate", "evaluate", "other")
+
+# The researcher's hand-run results on the real How2Sign data (docs/architecture.md): reference rows, never
+# mixed into this study's numbers. BLEU on the 0-100 scale.
+@dataclass(frozen=True)
+class NotesRow:
+    name: str
+    val_loss: float
+    bleu: float | None
+    bleu_notes: str
+    n_params: float
+    gap: float | None
+    issue: str
+
+
 NOTES_ROWS = (
-    {"name": "V1", "val_loss": 4.12, "bleu": 0.8, "bleu_notes": "0.008", "n_params": 10.8e6, "gap": None,
-     "issue": "Overfitting, aggressive LR decay"},
-    {"name": "V2", "val_loss": 4.77, "bleu": None, "bleu_notes": "N/A", "n_params": 7.5e6, "gap": None,
-     "issue": "LR collapsed to 1e-8 by epoch 7"},
-    {"name": "V3", "val_loss": 4.77, "bleu": None, "bleu_notes": "N/A", "n_params": 7.5e6, "gap": 0.81,
-     "issue": "Train/val gap 0.81, overfitting"},
+    NotesRow("V1", 4.12, 0.8, "0.008", 10.8e6, None, "Overfitting, aggressive LR decay"),
+    NotesRow("V2", 4.77, None, "N/A", 7.5e6, None, "LR collapsed to 1e-8 by epoch 7"),
+    NotesRow("V3", 4.77, None, "N/A", 7.5e6, 0.81, "Train/val gap 0.81, overfitting"),
 )
 NOTES_LABEL = "from the notes, not from this study"
+
+
+def read_val_curve(run_dir) -> list[tuple[int, float]]:
+    """The validation loss per epoch from a run folder's metrics.json; [] when there is none.
+
+    The report's only access to metrics.json: switch this one function to the training library's reader.
+    """
+    if not run_dir:
+        return []
+    try:
+        epochs = json.loads((Path(run_dir) / "metrics.json").read_text())["epochs"]
+        return [(int(e["epoch"]), float(e["val_loss"])) for e in epochs if math.isfinite(e["val_loss"])]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def _finite(record: TrialRecord) -> TrialRecord:
+    """Non-finite floats read as None: nothing in the report can draw or rank a NaN."""
+    bad = {f.name: None for f in dataclasses.fields(record)
+           if isinstance(getattr(record, f.name), float) and not math.isfinite(getattr(record, f.name))}
+    return dataclasses.replace(record, **bad) if bad else record
 
 
 @dataclass
@@ -43,26 +94,33 @@ class TrialInfo:
     state: str
     params: dict
     value: float | None            # the ranking objective (validation loss when it is one)
-    attrs: dict
+    record: TrialRecord
     curve: list[tuple[int, float]]  # validation loss per epoch: intermediate values, else metrics.json
 
     @property
     def anchor(self) -> bool:
-        return self.attrs.get("anchor") is True
-
-    def attr(self, key: str):
-        v = self.attrs.get(key)
-        return None if isinstance(v, float) and not math.isfinite(v) else v
+        return self.record.anchor is True
 
     @property
     def val_loss(self) -> float | None:
-        return self.attr("val_loss") if self.attr("val_loss") is not None else self.value
+        return self.record.val_loss if self.record.val_loss is not None else self.value
 
     @property
     def label(self) -> str:
         if not self.anchor:
             return f"trial {self.number}"
-        return f"trial {self.number} (anchor {self.attrs.get('anchor_name') or ''}".rstrip() + ")"
+        return f"trial {self.number} (anchor {self.record.anchor_name or ''}".rstrip() + ")"
+
+    @property
+    def time_split(self) -> dict[str, float | None]:
+        """label -> seconds, None where the trial did not record it (studies run before the split)."""
+        r = self.record
+        seconds = (r.seconds_train, r.seconds_validate, r.seconds_evaluate, r.seconds_other)
+        return dict(zip(TIME_SPLIT, seconds, strict=True))
+
+    @property
+    def has_time_split(self) -> bool:
+        return any(v is not None for v in self.time_split.values())
 
 
 @dataclass(frozen=True)
@@ -79,7 +137,7 @@ class Dimension:
 class TableRow:
     role: str
     trial: TrialInfo | None = None
-    notes: dict | None = None      # a NOTES_ROWS entry for the reference rows
+    notes: NotesRow | None = None  # a NOTES_ROWS entry for the reference rows
 
 
 @dataclass
@@ -108,8 +166,21 @@ class ReportData:
         return len(self.directions) > 1
 
     @property
+    def minimize(self) -> bool:
+        return self.directions[self.metrics.index(self.target)] == "minimize"
+
+    @property
     def anchor(self) -> TrialInfo | None:
         return next((t for t in self.trials if t.anchor), None)
+
+    @property
+    def anchor_label(self) -> str:
+        """The anchor's name as the figures print it ("anchor V4")."""
+        return f"anchor {self.anchor_name.upper()}".strip()
+
+    @property
+    def anchor_legend(self) -> str:
+        return f"anchor {self.anchor_name}".strip()
 
     def table_rows(self) -> list[TableRow]:
         """The anchor, the best (or the Pareto front), the top 5; each trial once, its roles joined."""
@@ -123,7 +194,7 @@ class ReportData:
             roles[t.number].append(role)
 
         if self.anchor:
-            add(self.anchor, f"anchor {self.anchor_name or self.anchor.attrs.get('anchor_name') or ''}".strip())
+            add(self.anchor, f"anchor {self.anchor_name or self.anchor.record.anchor_name or ''}".strip())
         for k, t in enumerate(self.ranked[:TOP_N]):
             add(t, "best" if k == 0 else f"top {k + 1}")
         by_number = {t.number: t for t in self.trials}
@@ -131,7 +202,7 @@ class ReportData:
             if n in by_number:
                 add(by_number[n], "Pareto front")
         rows = [TableRow(", ".join(roles[t.number]), t) for t in order]
-        return rows + [TableRow(f"{r['name']} (notes)", notes=r) for r in NOTES_ROWS]
+        return rows + [TableRow(f"{r.name} (notes)", notes=r) for r in NOTES_ROWS]
 
     @property
     def param_names(self) -> list[str]:
@@ -141,43 +212,34 @@ class ReportData:
 def load_report_data(study: optuna.Study, storage_desc: str = "") -> ReportData:
     frozen = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
     metrics = list(study.metric_names or [f"objective {i}" for i in range(len(study.directions))])
-    target_i = metrics.index("val_loss") if "val_loss" in metrics else 0
+    target_i = metrics.index(FIELD.val_loss) if FIELD.val_loss in metrics else 0
     minimize = study.directions[target_i] == optuna.study.StudyDirection.MINIMIZE
     trials = [_info(t, target_i) for t in frozen]
     complete = [t for t in trials if t.state == "COMPLETE" and t.value is not None]
     ranked = sorted(complete, key=lambda t: t.value if minimize else -t.value)
     pareto = [t.number for t in study.best_trials] if len(study.directions) > 1 and complete else []
-    raw_spec = study.user_attrs.get("spec") or {}
+    raw_spec = study.user_attrs.get(ATTR_SPEC) or {}
     importances, note = _importances(study, target_i, len(complete))
     s = summarize(study)
     return ReportData(
         study=study.study_name, description=str(raw_spec.get("description", "")), storage=storage_desc,
-        data=str(study.user_attrs.get("data", "")), fingerprint=str(study.user_attrs.get("fingerprint", "")),
+        data=str(study.user_attrs.get(ATTR_DATA, "")), fingerprint=str(study.user_attrs.get(ATTR_FINGERPRINT, "")),
         directions=[d.name.lower() for d in study.directions], metrics=metrics, target=metrics[target_i],
         states=s["states"], budget=s["budget"], trials=trials, ranked=ranked, pareto=pareto,
         dimensions=_dimensions(frozen, list((raw_spec.get("space") or {}).keys())),
         importances=importances, importance_note=note, summary_lines=comparison_lines(s),
-        anchor_name=str((raw_spec.get("anchor") or {}).get("name", "")),
+        anchor_name=str((raw_spec.get("anchor") or {}).get("name", "")
+                        or next((t.record.anchor_name for t in trials if t.anchor and t.record.anchor_name), "")),
     )
 
 
 def _info(t: optuna.trial.FrozenTrial, target_i: int) -> TrialInfo:
     value = t.values[target_i] if t.state == TrialState.COMPLETE and t.values else None
+    record = _finite(TrialRecord.read(t))
     curve = sorted((int(k), float(v)) for k, v in t.intermediate_values.items() if math.isfinite(v))
-    if not curve:
-        curve = _curve_from_metrics(t.user_attrs.get("checkpoint"))
-    return TrialInfo(t.number, t.state.name, dict(t.params), value, dict(t.user_attrs), curve)
-
-
-def _curve_from_metrics(folder) -> list[tuple[int, float]]:
-    """Multi-objective trials report no intermediate values; their run folder's metrics.json has the curve."""
-    if not folder:
-        return []
-    try:
-        epochs = json.loads((Path(folder) / "metrics.json").read_text())["epochs"]
-        return [(int(e["epoch"]), float(e["val_loss"])) for e in epochs if math.isfinite(e["val_loss"])]
-    except (OSError, ValueError, KeyError, TypeError):
-        return []
+    if not curve:  # multi-objective trials report no intermediate values; their run folder has the curve
+        curve = read_val_curve(record.checkpoint)
+    return TrialInfo(t.number, t.state.name, dict(t.params), value, record, curve)
 
 
 def _dimensions(trials, order: list[str]) -> list[Dimension]:
