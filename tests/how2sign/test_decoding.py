@@ -7,8 +7,10 @@ import torch
 
 from how2sign import decoding
 from how2sign.config import TrainConfig
+from how2sign.data import csv_path, load_split, read_csv
+from how2sign.evaluate import decode_limit, translate
 from how2sign.model import SignTranslator
-from how2sign.vocab import BOS_ID, EOS_ID, PAD_ID
+from how2sign.vocab import BOS_ID, EOS_ID, PAD_ID, Vocab, tokenize
 
 
 @pytest.fixture(autouse=True)
@@ -20,11 +22,11 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-def random_model(seed: int, *, d_model=32, nhead=4, layers=2, vocab=24, max_tokens=16) -> SignTranslator:
+def random_model(seed: int, *, d_model=32, nhead=4, layers=2, vocab=24, max_tokens=16, input_dim=6) -> SignTranslator:
     torch.manual_seed(seed)
     cfg = TrainConfig(d_model=d_model, nhead=nhead, encoder_layers=1, decoder_layers=layers,
                       dim_feedforward=64, dropout=0.1, max_tokens=max_tokens)
-    m = SignTranslator(cfg.model_config(input_dim=6, vocab_size=vocab))
+    m = SignTranslator(cfg.model_config(input_dim=input_dim, vocab_size=vocab))
     with torch.no_grad():  # sharper, more varied distributions than the initialisation, EOS reachable
         for p in m.decoder.parameters():
             p.mul_(3.0)
@@ -169,3 +171,22 @@ def test_ties_are_broken_like_the_per_clip_algorithm():
     for K, lp in ((3, 1.0), (4, 0.0), (4, 1.0)):
         assert m.beam(src, pad, beam_size=K, length_penalty=lp) == reference_beam(m, src, pad, K, 16, lp)
     assert m.greedy(src, pad) == reference_greedy(m, src, pad, 16)
+
+
+def test_evaluation_decodes_up_to_the_longest_training_target_plus_a_margin(corpus, tiny_cfg, tmp_path):
+    train = read_csv(csv_path(corpus, "train"))
+    longest = max(len(tokenize(r.sentence)) for r in train) + 2  # with <bos> and <eos>
+    vocab = Vocab.build(r.sentence for r in train)
+    cfg = tiny_cfg.with_sets(["max_tokens=64"])
+    assert longest + 4 < 64
+    assert decode_limit(corpus, vocab, cfg) == longest + max(4, math.ceil(0.1 * longest))
+    assert decode_limit(corpus, vocab, cfg.with_sets([f"max_tokens={longest}"])) == longest  # capped
+    assert decode_limit(tmp_path, vocab, cfg) == 64  # no train CSV: max_tokens
+
+    val = load_split(corpus, "val")
+    m = random_model(5, vocab=len(vocab), max_tokens=64, input_dim=val.num_points * 3)
+    eos_bias(m, -math.inf)  # runs to whatever cap it is given
+    hyps = translate(m, val, vocab, cfg, max_len=5)
+    assert [len(tokenize(h)) for h in hyps] == [4] * len(val)
+    hyps = translate(m, val, vocab, cfg, beam_size=2, max_len=5)
+    assert all(len(tokenize(h)) <= 4 for h in hyps)
