@@ -161,13 +161,15 @@ class _Beams:
     """Batched beam state: K slots per clip, live hypotheses first in rank order, then dead slots.
 
     Scores are sums of log-probabilities kept in float64, as Python floats were when clips were decoded one
-    at a time, so ranking and ties are the same. Of the finished hypotheses only the best by
-    score / length**length_penalty is kept (the first one on ties, as max() over the list would pick).
+    at a time, so ranking and ties are the same (float32 on MPS, which has no float64). Of the finished
+    hypotheses only the best by score / length**length_penalty is kept (the first one on ties, as max()
+    over the list would pick).
     """
 
     def __init__(self, B: int, K: int, limit: int, device: torch.device):
         self.B, self.K = B, K
-        self.scores = torch.full((B, K), -math.inf, dtype=torch.float64, device=device)
+        dtype = torch.float32 if device.type == "mps" else torch.float64
+        self.scores = torch.full((B, K), -math.inf, dtype=dtype, device=device)
         self.scores[:, 0] = 0.0
         self.live = torch.zeros(B, K, dtype=torch.bool, device=device)
         self.live[:, 0] = True
@@ -176,14 +178,14 @@ class _Beams:
         self.active = torch.ones(B, dtype=torch.bool, device=device)  # clip still searching
         self.n_fin = torch.zeros(B, dtype=torch.long, device=device)
         self.has_fin = torch.zeros(B, dtype=torch.bool, device=device)
-        self.best_norm = torch.full((B,), -math.inf, dtype=torch.float64, device=device)
+        self.best_norm = torch.full((B,), -math.inf, dtype=dtype, device=device)
         self.best_seq = torch.full((B, limit), PAD_ID, dtype=torch.long, device=device)
 
     def advance(self, logp: torch.Tensor, t: int, length_penalty: float) -> torch.Tensor:
         """One step from log-probs (B*K, V) at position t; returns the cache rows to continue (B*K,)."""
         B, K = self.B, self.K
         vals, idx = logp.view(B, K, -1).topk(K, dim=-1)  # (B, K, K)
-        cand = (self.scores.unsqueeze(-1) + vals.double()).view(B, K * K)
+        cand = (self.scores.unsqueeze(-1) + vals.to(self.scores.dtype)).view(B, K * K)
         valid = (self.live & self.active.unsqueeze(1)).unsqueeze(-1).expand(B, K, K).reshape(B, K * K)
         # Stable: equal scores keep beam-then-rank order, like the stable sort over a Python list.
         order = cand.masked_fill(~valid, -math.inf).sort(dim=-1, descending=True, stable=True).indices
