@@ -153,8 +153,14 @@ def translate(model: SignTranslator, split: PackedSplit, vocab: Vocab, cfg: Trai
 
 
 def evaluate_checkpoint(path: Path, root: Path, split: str = "val", *, device: str = "cpu", beam_size: int = 1,
-                        criteria: Criteria = Criteria(), limit: int | None = None) -> Evaluation:
-    """Decode a split with a checkpoint and compute every metric of DESIGN §5."""
+                        criteria: Criteria = Criteria(), limit: int | None = None,
+                        val_loss: float | None = None) -> Evaluation:
+    """Decode a split with a checkpoint and compute every metric (see docs/architecture.md).
+
+    val_loss: the split's loss when the caller already has it. The training loop's validation loss at the
+    best epoch is exactly what evaluate_loss would recompute here for the "val" split, so a caller that just
+    trained can pass it and skip one pass over the split.
+    """
     model, vocab, state = load_model(path, device)
     cfg = TrainConfig.from_dict(state["train_config"])
     data = load_split(root, split)
@@ -163,7 +169,7 @@ def evaluate_checkpoint(path: Path, root: Path, split: str = "val", *, device: s
     dev = next(model.parameters()).device
     hyps = translate(model, data, vocab, cfg, beam_size=beam_size, max_len=decode_limit(root, vocab, cfg))
     bleu, chrf = corpus_scores(hyps, list(data.sentences))
-    loss = evaluate_loss(model, Batcher(data, vocab, cfg), dev, amp_dtype(dev))
+    loss = val_loss if val_loss is not None else evaluate_loss(model, Batcher(data, vocab, cfg), dev, amp_dtype(dev))
     best = next((h for h in state["history"] if h["epoch"] == state["best_epoch"]), None)
     train_loss = best["train_loss"] if best else None
     # The gap is a property of training: validation loss minus train loss at the best epoch.

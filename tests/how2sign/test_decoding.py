@@ -5,11 +5,14 @@ import math
 import pytest
 import torch
 
-from how2sign import decoding
+from how2sign import checkpoint, decoding
+from how2sign import evaluate as evaluate_module
+from how2sign.batches import TrainData
 from how2sign.config import TrainConfig
 from how2sign.data import csv_path, load_split, read_csv
-from how2sign.evaluate import decode_limit, translate
+from how2sign.evaluate import decode_limit, evaluate_checkpoint, translate
 from how2sign.model import SignTranslator
+from how2sign.train import train
 from how2sign.vocab import BOS_ID, EOS_ID, PAD_ID, Vocab, tokenize
 
 
@@ -105,8 +108,8 @@ def test_decode_with_cached_causal_mask_equals_the_explicit_mask_exactly(seed):
     tgt[:, 0] = BOS_ID
     tgt[1, 5:] = PAD_ID
     memory = m.encode(src, pad)
-    for train in (False, True):
-        m.train(train)
+    for training in (False, True):
+        m.train(training)
         torch.manual_seed(seed)
         new = m.decode(tgt, memory, pad)
         torch.manual_seed(seed)
@@ -190,3 +193,17 @@ def test_evaluation_decodes_up_to_the_longest_training_target_plus_a_margin(corp
     assert [len(tokenize(h)) for h in hyps] == [4] * len(val)
     hyps = translate(m, val, vocab, cfg, beam_size=2, max_len=5)
     assert all(len(tokenize(h)) <= 4 for h in hyps)
+
+
+def test_evaluate_checkpoint_can_take_the_training_loops_val_loss(corpus, tiny_cfg, tmp_path, monkeypatch):
+    result = train(tiny_cfg.with_sets(["epochs=1"]), TrainData.load(corpus), tmp_path / "r", device="cpu")
+    best = tmp_path / "r" / checkpoint.BEST
+    ev = evaluate_checkpoint(best, corpus, "val")
+    assert ev.val_loss == result.best_val_loss  # recomputing it repeats the training loop's value exactly
+
+    def no_second_pass(*_args, **_kw):
+        raise AssertionError("evaluate_loss ran although val_loss was given")
+
+    monkeypatch.setattr(evaluate_module, "evaluate_loss", no_second_pass)
+    again = evaluate_checkpoint(best, corpus, "val", val_loss=result.best_val_loss)
+    assert again.metrics() == ev.metrics() and again.hypotheses == ev.hypotheses
