@@ -14,13 +14,17 @@ import torch
 from . import checkpoint
 from .batches import Batcher
 from .config import TrainConfig
-from .data import PackedSplit, load_split
+from .data import PackedSplit, csv_path, load_split, read_csv
 from .device import amp_dtype, resolve_device
 from .model import ModelConfig, SignTranslator
 from .train import evaluate_loss
 from .vocab import Vocab, tokenize
 
 VERDICTS = ("none", "minimum", "good", "excellent")
+
+# Decoding stops this far past the longest training target: at least MARGIN_TOKENS, or MARGIN_SHARE of it.
+MARGIN_TOKENS = 4
+MARGIN_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -114,33 +118,58 @@ def load_model(path: Path, device: str = "cpu") -> tuple[SignTranslator, Vocab, 
     return model.to(dev).eval(), Vocab.from_list(state["vocab"]), state
 
 
+def decode_limit(root: Path, vocab: Vocab, cfg: TrainConfig) -> int:
+    """Ids per hypothesis (<bos>, <eos> included) worth decoding: the longest training target plus a margin.
+
+    A model trained on targets of at most n ids has no reason to emit more, so stopping there instead of at
+    max_tokens bounds the steps of clips that never emit <eos>. Read from the train CSV, which never packs.
+    """
+    path = csv_path(root, "train")
+    if not path.is_file():
+        return cfg.max_tokens
+    longest = max((len(vocab.encode(r.sentence, cfg.max_tokens)) for r in read_csv(path)), default=cfg.max_tokens)
+    return min(longest + max(MARGIN_TOKENS, math.ceil(MARGIN_SHARE * longest)), cfg.max_tokens)
+
+
 @torch.no_grad()
 def translate(model: SignTranslator, split: PackedSplit, vocab: Vocab, cfg: TrainConfig, *,
-              beam_size: int = 1, batch_size: int = 64) -> list[str]:
-    """Hypotheses in the split's order (the CSV's row order, skipped rows left out)."""
+              beam_size: int = 1, batch_size: int = 64, max_len: int | None = None) -> list[str]:
+    """Hypotheses in the split's order (the CSV's row order, skipped rows left out).
+
+    max_len caps the ids per hypothesis, <bos> and <eos> included (default and upper bound: max_tokens).
+    """
     dev = next(model.parameters()).device
     batcher = Batcher(split, vocab, TrainConfig.from_dict({**cfg.to_dict(), "batch_size": batch_size}))
     out: list[str] = [""] * len(split)
     for idx in batcher.plan(np.arange(len(split)), shuffle=False, rng=None):
         b = batcher.make(idx).to(dev)
-        ids = model.greedy(b.src, b.src_pad) if beam_size <= 1 else model.beam(b.src, b.src_pad, beam_size)
+        if beam_size <= 1:
+            ids = model.greedy(b.src, b.src_pad, max_len)
+        else:
+            ids = model.beam(b.src, b.src_pad, beam_size, max_len)
         for i, seq in zip(idx, ids, strict=True):
             out[i] = vocab.decode(seq)
     return out
 
 
 def evaluate_checkpoint(path: Path, root: Path, split: str = "val", *, device: str = "cpu", beam_size: int = 1,
-                        criteria: Criteria = Criteria(), limit: int | None = None) -> Evaluation:
-    """Decode a split with a checkpoint and compute every metric of DESIGN §5."""
+                        criteria: Criteria = Criteria(), limit: int | None = None,
+                        val_loss: float | None = None) -> Evaluation:
+    """Decode a split with a checkpoint and compute every metric (see docs/architecture.md).
+
+    val_loss: the split's loss when the caller already has it. The training loop's validation loss at the
+    best epoch is exactly what evaluate_loss would recompute here for the "val" split, so a caller that just
+    trained can pass it and skip one pass over the split.
+    """
     model, vocab, state = load_model(path, device)
     cfg = TrainConfig.from_dict(state["train_config"])
     data = load_split(root, split)
     if limit is not None and limit < len(data):
         data = data.subset(np.arange(limit))
     dev = next(model.parameters()).device
-    hyps = translate(model, data, vocab, cfg, beam_size=beam_size)
+    hyps = translate(model, data, vocab, cfg, beam_size=beam_size, max_len=decode_limit(root, vocab, cfg))
     bleu, chrf = corpus_scores(hyps, list(data.sentences))
-    loss = evaluate_loss(model, Batcher(data, vocab, cfg), dev, amp_dtype(dev))
+    loss = val_loss if val_loss is not None else evaluate_loss(model, Batcher(data, vocab, cfg), dev, amp_dtype(dev))
     best = next((h for h in state["history"] if h["epoch"] == state["best_epoch"]), None)
     train_loss = best["train_loss"] if best else None
     # The gap is a property of training: validation loss minus train loss at the best epoch.

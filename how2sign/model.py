@@ -11,7 +11,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .vocab import BOS_ID, EOS_ID, PAD_ID
+from . import decoding
+from .vocab import PAD_ID
 
 ALLOWED_HEADS = (1, 2, 4, 8, 16)
 
@@ -122,6 +123,9 @@ class SignTranslator(nn.Module):
         self.decoder = nn.TransformerDecoder(layer, cfg.decoder_layers, norm=nn.LayerNorm(d))
         _xavier(self.decoder)
         self.head = nn.Linear(d, cfg.vocab_size, bias=False)
+        # Built once, True where a position is hidden; not saved, so checkpoints keep their keys.
+        causal = torch.triu(torch.ones(cfg.max_tokens, cfg.max_tokens, dtype=torch.bool), diagonal=1)
+        self.register_buffer("causal_mask", causal, persistent=False)
         self.head.weight = self.embed.weight  # tied: the output head reads tokens the way the input writes them
         nn.init.normal_(self.embed.weight, std=d**-0.5)
         with torch.no_grad():
@@ -143,68 +147,19 @@ class SignTranslator(nn.Module):
         # tgt_in (B, L) token ids -> logits (B, L, V)
         L = tgt_in.size(1)
         y = self.dropout(self.tgt_pos(self.embed(tgt_in) * math.sqrt(self.cfg.d_model)))
-        causal = torch.triu(torch.ones(L, L, dtype=torch.bool, device=tgt_in.device), diagonal=1)  # True: hidden
-        h = self.decoder(
-            y, memory, tgt_mask=causal, tgt_key_padding_mask=tgt_in.eq(PAD_ID), memory_key_padding_mask=src_pad
-        )
+        # tgt_is_causal: the mask is known to be causal, so PyTorch need not compare it on every call.
+        h = self.decoder(y, memory, tgt_mask=self.causal_mask[:L, :L], tgt_key_padding_mask=tgt_in.eq(PAD_ID),
+                         memory_key_padding_mask=src_pad, tgt_is_causal=True)
         return self.head(h)
 
     def forward(self, src: torch.Tensor, src_pad: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
         return self.decode(tgt_in, self.encode(src, src_pad), src_pad)
 
-    @torch.no_grad()
     def greedy(self, src: torch.Tensor, src_pad: torch.Tensor, max_len: int | None = None) -> list[list[int]]:
-        """Greedy decoding of a batch; returns token ids per clip, without <bos>/<eos>."""
-        max_len = max_len or self.cfg.max_tokens
-        memory = self.encode(src, src_pad)
-        B = src.size(0)
-        ys = torch.full((B, 1), BOS_ID, dtype=torch.long, device=src.device)
-        done = torch.zeros(B, dtype=torch.bool, device=src.device)
-        for _ in range(max_len - 1):
-            nxt = self.decode(ys, memory, src_pad)[:, -1].argmax(-1)  # (B,)
-            nxt = nxt.masked_fill(done, PAD_ID)
-            ys = torch.cat([ys, nxt.unsqueeze(1)], dim=1)
-            done |= nxt.eq(EOS_ID)
-            if bool(done.all()):
-                break
-        return [_strip(row) for row in ys[:, 1:].tolist()]
+        """Greedy decoding of a batch, incremental (see decoding.py); token ids per clip, without <bos>/<eos>."""
+        return decoding.greedy(self, src, src_pad, max_len)
 
-    @torch.no_grad()
     def beam(self, src: torch.Tensor, src_pad: torch.Tensor, beam_size: int = 4, max_len: int | None = None,
              length_penalty: float = 1.0) -> list[list[int]]:
-        """Beam search, one clip at a time; scores are log-probs divided by length**length_penalty."""
-        max_len = max_len or self.cfg.max_tokens
-        results = []
-        for b in range(src.size(0)):
-            memory = self.encode(src[b : b + 1], src_pad[b : b + 1])
-            beams: list[tuple[float, list[int]]] = [(0.0, [BOS_ID])]
-            finished: list[tuple[float, list[int]]] = []
-            for _ in range(max_len - 1):
-                ys = torch.tensor([seq for _, seq in beams], device=src.device)
-                mem = memory.expand(len(beams), -1, -1)
-                logp = self.decode(ys, mem, src_pad[b : b + 1].expand(len(beams), -1))[:, -1].log_softmax(-1)
-                cand = []
-                for (score, seq), row in zip(beams, logp, strict=True):
-                    top = row.topk(beam_size)
-                    cand += [(score + v, [*seq, i]) for v, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)]
-                cand.sort(key=lambda c: -c[0])
-                beams = []
-                for score, seq in cand:
-                    (finished if seq[-1] == EOS_ID else beams).append((score, seq))
-                    if len(beams) == beam_size:
-                        break
-                if len(finished) >= beam_size or not beams:
-                    break
-            pool = finished or beams
-            best = max(pool, key=lambda c: c[0] / (len(c[1]) - 1) ** length_penalty)
-            results.append(_strip(best[1][1:]))
-        return results
-
-
-def _strip(ids: list[int]) -> list[int]:
-    out = []
-    for i in ids:
-        if i in (EOS_ID, PAD_ID):
-            break
-        out.append(i)
-    return out
+        """Batched beam search (see decoding.py); scores are log-probs divided by length**length_penalty."""
+        return decoding.beam(self, src, src_pad, beam_size, max_len, length_penalty)
