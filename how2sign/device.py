@@ -56,6 +56,19 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def padding_multiples(device: torch.device) -> tuple[int, int]:
+    """(frames, tokens) multiples batches are padded to: on an accelerator few distinct shapes let
+    kernels and cached attention graphs be reused; the CPU keeps the tightest padding (and its exact
+    results)."""
+    return (16, 8) if device.type in ("cuda", "mps") else (1, 1)
+
+
+def fused_adamw(device: torch.device) -> bool:
+    """Whether train() uses AdamW's fused kernel: on CUDA only, where it is fastest and needs no host
+    sync under a GradScaler; elsewhere the default implementation keeps results as they were."""
+    return device.type == "cuda"
+
+
 def free_memory(device: torch.device) -> None:
     """Release cached accelerator memory after an out-of-memory error."""
     if device.type == "cuda":
