@@ -5,7 +5,7 @@ and stops cleanly through `should_stop()`; nothing here knows about Optuna.
 
 A training step never waits on the device: losses stay on it until one read per epoch, target tokens
 are counted on the host, and on CUDA batches come from pinned memory, built one ahead on a helper
-thread, with the fused AdamW. Checkpoints are written on a background thread.
+thread, with the fused AdamW (foreach on the CPU). Checkpoints are written on a background thread.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from . import checkpoint
 from .batches import Batch, Batcher, TrainData
 from .checkpoint import TrainState
 from .config import Phase, TrainConfig
-from .device import amp_dtype, autocast, fused_adamw, padding_multiples, resolve_device
+from .device import adamw_options, amp_dtype, autocast, padding_multiples, resolve_device
 from .model import SignTranslator
 from .run_metrics import RunMetrics
 from .vocab import PAD_ID
@@ -100,8 +100,8 @@ def token_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: float = 0.
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device | None = None):
-    fused = {"fused": True} if device is not None and fused_adamw(torch.device(device)) else {}
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
+    kind = adamw_options(torch.device(device)) if device is not None else {}
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **kind)
     if cfg.scheduler == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.total_epochs, eta_min=cfg.lr_min)
     else:

@@ -212,3 +212,22 @@ def test_restore_keeps_this_devices_optimizer_implementation(corpus, tiny_cfg, t
     assert restored == state and restored.best == BestEpoch(1, 2.0, 3.0)
     assert plain.param_groups[0]["fused"] is None
     assert plain.state[model.embed.weight]["step"].device.type == "cpu"
+
+
+def test_the_cpu_optimizer_gives_the_default_adamws_exact_results(tiny_cfg):
+    from how2sign.train import make_optimizer
+
+    models = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        models.append(torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)))
+    default = torch.optim.AdamW(models[0].parameters(), lr=tiny_cfg.lr, weight_decay=tiny_cfg.weight_decay)
+    ours, _ = make_optimizer(models[1], tiny_cfg, torch.device("cpu"))
+    x = torch.randn(5, 6, generator=torch.Generator().manual_seed(1))
+    for _ in range(5):
+        for model, opt in zip(models, (default, ours), strict=True):
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+            opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True))
