@@ -11,7 +11,9 @@ side by side as a check that they compute the same thing.
 
 Throughput is real (unpadded) frames per second of the optimisation loops, over epochs 2.. (epoch 1
 warms up); `train()`'s comes from its own history. Runs alternate (train() first, then the plain loop
-first), and the verdict is the median of the per-round ratios. Target: >= 0.97.
+first), and the verdict is the median of the per-round ratios. Target: >= 0.97. On a busy shared
+CPU whole runs vary by tens of percent, so a paired per-step ratio is printed too (each batch: the
+plain step and train()'s build + copy + train_step, back to back on twin models).
 
 On a CPU a small model (d_model 128, 2+2 layers, ff 512) keeps the measurement about overhead, with
 one torch thread by default; on an accelerator the V4 shape. `measure(device, batch_size)` is the
@@ -101,6 +103,39 @@ def plain_loop(data: TrainData, cfg: TrainConfig, batches: list[list], dev: torc
     return history
 
 
+def paired_steps(data: TrainData, cfg: TrainConfig, dev: torch.device, steps: int = 12) -> float:
+    """Median over batches of plain step time / train()'s per-batch work (build + copy + train_step),
+    the two run back to back on twin models, order alternating: a ratio that holds on a busy machine
+    where whole runs vary by tens of percent."""
+    from how2sign.train import Run, train_step
+
+    with workdir() as tmp:
+        run = Run.build(cfg, data, tmp / "run", str(dev), "auto")
+    plain = Run.build(cfg, data, tmp / "plain", str(dev), "auto")
+    plain_opt = torch.optim.AdamW(plain.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                  fused=fused_supported(dev) or None)
+    plan = run.train_batches.plan(np.arange(len(data.train)), shuffle=True, rng=np.random.default_rng(0))
+    ratios = []
+    for k, idx in enumerate((plan * (1 + steps // max(len(plan), 1)))[:steps]):
+        staged, times = run.train_batches.make(idx).to(dev), {}
+        for which in (("lib", "plain") if k % 2 == 0 else ("plain", "lib")):
+            _sync(dev)
+            t0 = time.perf_counter()
+            if which == "lib":
+                train_step(run.model, run.opt, run.scaler, run.train_batches.make(idx).to(dev), cfg, dev, run.dtype)
+            else:
+                with autocast(dev, plain.dtype):
+                    loss = token_loss(plain.model(staged.src, staged.src_pad, staged.tgt_in), staged.tgt_out)
+                plain_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(plain.model.parameters(), cfg.grad_clip)
+                plain_opt.step()
+            _sync(dev)
+            times[which] = time.perf_counter() - t0
+        ratios.append(times["plain"] / times["lib"])
+    return statistics.median(ratios[2:] or ratios)  # the first steps warm up
+
+
 def throughput(history: list[dict]) -> float:
     """Frames per second over epochs 2.. (epoch 1 is warm-up)."""
     timed = history[1:] or history
@@ -129,11 +164,12 @@ def measure(device: str = "cpu", batch_size: int = 64, *, root: Path | None = No
                 else:
                     ref.append(plain_loop(data, cfg, batches, dev))
             ratios.append(throughput(lib[-1]) / throughput(ref[-1]))
+        paired = paired_steps(data, cfg, dev)
     return {"device": str(dev), "device_name": _device_name(dev), "batch_size": batch_size,
             "batches_per_epoch": len(batches[0]), "frames_per_epoch": sum(b.frames for b in batches[0]),
             "train_fps": statistics.median(throughput(h) for h in lib),
             "plain_fps": statistics.median(throughput(h) for h in ref),
-            "ratio": statistics.median(ratios), "ratios": ratios, "fused_plain": fused_supported(dev),
+            "ratio": statistics.median(ratios), "ratios": ratios, "paired_step_ratio": paired, "fused_plain": fused_supported(dev),
             "train_losses": [h["train_loss"] for h in lib[-1]], "plain_losses": [h["train_loss"] for h in ref[-1]],
             "split": {k: getattr(result, k) for k in ("seconds", "seconds_train", "seconds_validate",
                                                       "seconds_checkpoint", "seconds_other")}}
@@ -183,6 +219,8 @@ def report(m: dict) -> None:
         f"{m['frames_per_epoch']:,} real frames per epoch; plain loop AdamW fused={m['fused_plain']}")
     say(f"  train() {m['train_fps']:,.0f} frames/s, plain loop {m['plain_fps']:,.0f} frames/s, ratio "
         f"{m['ratio']:.3f} (rounds {', '.join(f'{r:.3f}' for r in m['ratios'])})")
+    say(f"  paired per-step ratio (plain step / train()'s build + copy + train_step, back to back): "
+        f"{m['paired_step_ratio']:.3f}")
     say(f"  per-epoch train loss: train() {[round(v, 4) for v in m['train_losses']]}, "
         f"plain {[round(v, 4) for v in m['plain_losses']]}")
     s = m["split"]
