@@ -136,7 +136,8 @@ def _gpu_like(epoch_seconds: float, seed: int):
 
     rng = random.Random(seed)
 
-    from how2sign.train import TrainResult, write_metrics
+    from how2sign.run_metrics import RunMetrics
+    from how2sign.train import TrainResult
 
     def train(cfg, data, out, *, device="cpu", resume=False, report=None, should_stop=None, **_):
         out = Path(out)
@@ -153,7 +154,7 @@ def _gpu_like(epoch_seconds: float, seed: int):
             state["history"].append(rec)
             if val < state["best_val_loss"]:
                 state.update(best_epoch=epoch, best_val_loss=val)
-            write_metrics(out, meta, state)
+            RunMetrics(**meta, **state).write(out)
             if report:
                 report(epoch, val)
         best = state["history"][state["best_epoch"] - 1]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +24,14 @@ class Batch:
     tgt_out: torch.Tensor   # (B, L) w1 .. wn <eos>
     frames: int             # real (unpadded) frames
     indices: list[int]
+    tokens: int = 0         # real target tokens (not PAD in tgt_out), counted on the host
 
     def to(self, device: torch.device) -> Batch:
+        # From pinned memory (Batcher(pin=True)) the copies are asynchronous; from pageable memory
+        # non_blocking changes nothing.
         nb = device.type == "cuda"
-        return Batch(self.src.to(device, non_blocking=nb), self.src_pad.to(device, non_blocking=nb),
-                     self.tgt_in.to(device, non_blocking=nb), self.tgt_out.to(device, non_blocking=nb),
-                     self.frames, self.indices)
+        return replace(self, src=self.src.to(device, non_blocking=nb), src_pad=self.src_pad.to(device, non_blocking=nb),
+                       tgt_in=self.tgt_in.to(device, non_blocking=nb), tgt_out=self.tgt_out.to(device, non_blocking=nb))
 
 
 @dataclass
@@ -62,11 +66,24 @@ def subsample(clip: np.ndarray, max_frames: int) -> np.ndarray:
     return clip[keep]
 
 
-class Batcher:
-    """Turns index lists into Batches; targets are encoded once up front."""
+def round_up(n: int, multiple: int, cap: int) -> int:
+    """n rounded up to a multiple, but not past cap (nor below n)."""
+    return max(n, min(-(-n // multiple) * multiple, cap))
 
-    def __init__(self, split: PackedSplit, vocab: Vocab, cfg: TrainConfig):
-        self.split, self.cfg = split, cfg
+
+class Batcher:
+    """Turns index lists into Batches; targets are encoded once up front.
+
+    pad_to = (frames, tokens): the padded clip length and target length are rounded up to these
+    multiples (capped at max_frames and max_tokens - 1), so an accelerator sees few distinct shapes and
+    reuses its kernels and cached graphs. Padding is masked, so results are the same up to rounding;
+    (1, 1) pads to the longest clip and sentence only. pin puts the tensors in page-locked memory, from
+    which copies to a CUDA device are asynchronous.
+    """
+
+    def __init__(self, split: PackedSplit, vocab: Vocab, cfg: TrainConfig, *, pad_to: tuple[int, int] = (1, 1),
+                 pin: bool = False):
+        self.split, self.cfg, self.pad_to, self.pin = split, cfg, pad_to, pin
         self.targets = [np.asarray(vocab.encode(s, cfg.max_tokens), dtype=np.int64) for s in split.sentences]
         self.aug = dict(frame_dropout=cfg.aug_frame_dropout, speed=cfg.aug_speed, noise=cfg.aug_noise,
                         rotate=cfg.aug_rotate, scale=cfg.aug_scale, shear=cfg.aug_shear)
@@ -84,17 +101,35 @@ class Batcher:
             if rng is not None and self.augmenting:
                 clip = augment(clip, rng, **self.aug)
             clips.append(subsample(clip, self.cfg.max_frames))
-        T = max(len(c) for c in clips)
+        T = round_up(max(len(c) for c in clips), self.pad_to[0], self.cfg.max_frames)
         B, P = len(clips), clips[0].shape[1]
         src = np.zeros((B, T, P * 3), dtype=np.float32)
         pad = np.ones((B, T), dtype=bool)
         for b, c in enumerate(clips):
             src[b, : len(c)] = c.reshape(len(c), P * 3)
             pad[b, : len(c)] = False
-        L = max(len(self.targets[i]) for i in idx)
+        L = 1 + round_up(max(len(self.targets[i]) for i in idx) - 1, self.pad_to[1], self.cfg.max_tokens - 1)
         tgt = np.full((B, L), PAD_ID, dtype=np.int64)
         for b, i in enumerate(idx):
             tgt[b, : len(self.targets[i])] = self.targets[i]
-        tgt_t = torch.from_numpy(tgt)
-        return Batch(torch.from_numpy(src), torch.from_numpy(pad), tgt_t[:, :-1], tgt_t[:, 1:],
-                     int(sum(len(c) for c in clips)), list(idx))
+        tensors = [torch.from_numpy(a) for a in (src, pad, tgt)]
+        if self.pin:
+            tensors = [t.pin_memory() for t in tensors]
+        src_t, pad_t, tgt_t = tensors
+        return Batch(src_t, pad_t, tgt_t[:, :-1], tgt_t[:, 1:], int(sum(len(c) for c in clips)), list(idx),
+                     int((tgt[:, 1:] != PAD_ID).sum()))
+
+    def batches(self, plan: list[list[int]], rng: np.random.Generator | None = None, *,
+                prefetch: bool = False) -> Iterator[Batch]:
+        """The plan's batches in order. With prefetch, a helper thread builds the next batch while the
+        caller works on this one: the same batches, with the augmentation RNG drawn in the same order
+        (one thread makes them all, in plan order). Close the iterator when leaving it early."""
+        if not prefetch:
+            yield from (self.make(idx, rng) for idx in plan)
+            return
+        with ThreadPoolExecutor(1, thread_name_prefix="h2s-batches") as pool:
+            ahead = pool.submit(self.make, plan[0], rng) if plan else None
+            for k in range(len(plan)):
+                current = ahead.result()
+                ahead = pool.submit(self.make, plan[k + 1], rng) if k + 1 < len(plan) else None
+                yield current

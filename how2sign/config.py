@@ -11,9 +11,37 @@ import types
 import typing
 from dataclasses import dataclass, fields
 
+from .features import AUGMENT_RULES
 from .model import ConfigError, ModelConfig, check_heads
+from .rules import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, UNIT, Rule
 
 SCHEDULERS = ("cosine", "plateau")
+
+# The one rule each field's value must follow, the same the code using it applies (augmentation knobs
+# share features.AUGMENT_RULES; ReduceLROnPlateau refuses factor >= 1; numpy seeds must be >= 0 and
+# torch.manual_seed takes at most 2**64 - 1). Rules across fields (d_model divisible by nhead,
+# lr_min <= lr) are checked by TrainConfig itself.
+FIELD_RULES: dict[str, Rule] = {
+    "d_model": AT_LEAST_ONE, "nhead": AT_LEAST_ONE, "encoder_layers": AT_LEAST_ONE,
+    "decoder_layers": AT_LEAST_ONE, "dim_feedforward": AT_LEAST_ONE, "dropout": UNIT,
+    "batch_size": AT_LEAST_ONE, "lr": POSITIVE, "lr_min": NON_NEGATIVE, "weight_decay": NON_NEGATIVE,
+    "epochs": AT_LEAST_ONE, "patience": AT_LEAST_ONE, "min_delta": NON_NEGATIVE, "grad_clip": NON_NEGATIVE,
+    "label_smoothing": UNIT, "scheduler": Rule(choices=SCHEDULERS),
+    "plateau_factor": Rule(low=0, high=1, low_open=True, high_open=True), "plateau_patience": NON_NEGATIVE,
+    "seed": Rule(low=0, high=2**64 - 1), "max_frames": AT_LEAST_ONE, "max_tokens": Rule(low=3),
+    "vocab_min_freq": AT_LEAST_ONE, "train_fraction": Rule(low=0, high=1, low_open=True),
+    "finetune_epochs": NON_NEGATIVE,
+    **{f"aug_{knob}": rule for knob, rule in AUGMENT_RULES.items()},
+}
+
+
+@dataclass(frozen=True)
+class Phase:
+    """What one epoch of the Plan-B schedule (train on a fraction, then fine-tune on all) asks of the loop."""
+
+    full_split: bool        # train on every clip, not the train_fraction subset
+    reset_patience: bool    # fine-tuning starts with this epoch: early-stopping patience counts afresh
+    may_stop_early: bool    # early stopping may end the run after this epoch
 
 
 @dataclass(frozen=True)
@@ -56,27 +84,40 @@ class TrainConfig:
     aug_shear: float = 0.0
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            problem = FIELD_RULES[f.name].problem(getattr(self, f.name))
+            if problem:
+                raise ConfigError(f"{f.name} {problem}")
         check_heads(self.d_model, self.nhead)
-        positive = ("encoder_layers", "decoder_layers", "dim_feedforward", "batch_size", "epochs", "patience",
-                    "max_frames", "vocab_min_freq")
-        for key in positive:
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
-        if self.max_tokens < 3:
-            raise ConfigError(f"max_tokens must be >= 3, got {self.max_tokens}")
-        for key in ("dropout", "label_smoothing", "aug_frame_dropout"):
-            if not 0.0 <= getattr(self, key) < 1.0:
-                raise ConfigError(f"{key} must be in [0, 1), got {getattr(self, key)}")
-        if not 0.0 < self.train_fraction <= 1.0:
-            raise ConfigError(f"train_fraction must be in (0, 1], got {self.train_fraction}")
-        if self.lr <= 0 or self.lr_min < 0 or self.lr_min > self.lr:
+        if self.lr_min > self.lr:
             raise ConfigError(f"need 0 <= lr_min <= lr and lr > 0, got lr={self.lr}, lr_min={self.lr_min}")
-        if self.scheduler not in SCHEDULERS:
-            raise ConfigError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
-        for key in ("finetune_epochs", "aug_speed", "aug_noise", "aug_rotate", "aug_scale", "aug_shear",
-                    "weight_decay", "grad_clip", "min_delta"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
+
+    @classmethod
+    def check_value(cls, key: str, value, where: str = "config"):
+        """`value` checked for field `key` alone (type, then range); returns it coerced (int -> float).
+
+        Raises ConfigError naming `where` and the key. Rules across fields are not checked here: a
+        whole config checks them (`base.replace({key: value})`).
+        """
+        types_ = cls.field_types()
+        if key not in types_:
+            raise ConfigError(f"{where}: unknown TrainConfig key {key!r}")
+        value = coerce(key, value, types_[key], where)
+        problem = FIELD_RULES[key].problem(value)
+        if problem:
+            raise ConfigError(f"{where}: {key} {problem}")
+        return value
+
+    def phase(self, epoch: int) -> Phase:
+        """Plan B (train_fraction < 1): epochs 1..epochs train on the subset, the rest fine-tune on all.
+
+        Patience restarts when fine-tuning begins, and the last subset epoch never stops the run early
+        (fine-tuning is the point of the plan). With train_fraction 1 every epoch is a plain one.
+        """
+        plan_b = self.train_fraction < 1.0
+        finetuning = plan_b and epoch > self.epochs
+        return Phase(full_split=not plan_b or finetuning, reset_patience=finetuning and epoch == self.epochs + 1,
+                     may_stop_early=not (plan_b and epoch == self.epochs))
 
     @property
     def total_epochs(self) -> int:
@@ -104,12 +145,7 @@ class TrainConfig:
 
     def replace(self, values: dict, where: str = "config") -> TrainConfig:
         """A copy with `values` applied; each value is checked against the field's type."""
-        types_ = self.field_types()
-        checked = {}
-        for key, value in values.items():
-            if key not in types_:
-                raise ConfigError(f"{where}: unknown TrainConfig key {key!r}")
-            checked[key] = coerce(key, value, types_[key], where)
+        checked = {key: self.check_value(key, value, where) for key, value in values.items()}
         return dataclasses.replace(self, **checked)
 
     def with_sets(self, assignments: list[str], where: str = "--set") -> TrainConfig:

@@ -17,6 +17,7 @@ from .config import TrainConfig
 from .data import PackedSplit, csv_path, load_split, read_csv
 from .device import amp_dtype, resolve_device
 from .model import ModelConfig, SignTranslator
+from .run_metrics import best_epoch_of
 from .train import evaluate_loss
 from .vocab import Vocab, tokenize
 
@@ -170,10 +171,9 @@ def evaluate_checkpoint(path: Path, root: Path, split: str = "val", *, device: s
     hyps = translate(model, data, vocab, cfg, beam_size=beam_size, max_len=decode_limit(root, vocab, cfg))
     bleu, chrf = corpus_scores(hyps, list(data.sentences))
     loss = val_loss if val_loss is not None else evaluate_loss(model, Batcher(data, vocab, cfg), dev, amp_dtype(dev))
-    best = next((h for h in state["history"] if h["epoch"] == state["best_epoch"]), None)
-    train_loss = best["train_loss"] if best else None
     # The gap is a property of training: validation loss minus train loss at the best epoch.
-    gap = (best["val_loss"] - best["train_loss"]) if best else None
+    best = best_epoch_of(state["history"], state["best_epoch"])
+    train_loss, gap = (best.train_loss, best.gap) if best else (None, None)
     cov, rep = vocab_coverage(hyps, vocab), repetition_rate(hyps)
     v = verdict(loss, gap if gap is not None else math.nan, bleu, cov, rep, criteria)
     return Evaluation(split=split, clips=len(data), bleu=bleu, chrf=chrf, val_loss=loss, train_loss=train_loss,

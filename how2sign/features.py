@@ -18,6 +18,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .rules import NON_NEGATIVE, UNIT, Rule
+
 # Bump whenever selection, normalisation or the stored dtype changes: packed caches record it and are
 # rebuilt when it differs.
 FEATURE_VERSION = 1
@@ -147,12 +149,17 @@ def normalise(kp: np.ndarray, points: Sequence[int] = DEFAULT_POINTS) -> np.ndar
     return out
 
 
-def _check_knob(name: str, value: float, below_one: bool) -> float:
-    value = float(value)
-    if not np.isfinite(value) or value < 0 or (below_one and value >= 1):
-        bound = "in [0, 1)" if below_one else ">= 0"
-        raise ValueError(f"augmentation {name} must be {bound}, got {value}")
-    return value
+# The legal range of each augmentation knob. TrainConfig checks its aug_* fields with these same rules,
+# so a config it accepts never fails here.
+AUGMENT_RULES: dict[str, Rule] = {"frame_dropout": UNIT, "speed": UNIT, "noise": NON_NEGATIVE,
+                                  "rotate": NON_NEGATIVE, "scale": UNIT, "shear": NON_NEGATIVE}
+
+
+def _check_knob(name: str, value: float) -> float:
+    problem = AUGMENT_RULES[name].problem(value)
+    if problem:
+        raise ValueError(f"augmentation {name} {problem}")
+    return float(value)
 
 
 def drop_frames(clip: np.ndarray, rng: np.random.Generator, p: float) -> np.ndarray:
@@ -227,12 +234,12 @@ def augment(
     clip = np.asarray(clip, dtype=np.float32)
     if clip.ndim != 3 or clip.shape[-1] != 3 or clip.shape[0] == 0:
         raise ValueError(f"expected a clip shaped (T>0, P, 3), got {clip.shape}")
-    frame_dropout = _check_knob("frame_dropout", frame_dropout, below_one=True)
-    speed = _check_knob("speed", speed, below_one=True)
-    noise = _check_knob("noise", noise, below_one=False)
-    rotate = _check_knob("rotate", rotate, below_one=False)
-    scale = _check_knob("scale", scale, below_one=True)
-    shear = _check_knob("shear", shear, below_one=False)
+    frame_dropout = _check_knob("frame_dropout", frame_dropout)
+    speed = _check_knob("speed", speed)
+    noise = _check_knob("noise", noise)
+    rotate = _check_knob("rotate", rotate)
+    scale = _check_knob("scale", scale)
+    shear = _check_knob("shear", shear)
     if frame_dropout:
         clip = drop_frames(clip, rng, frame_dropout)
     if speed:

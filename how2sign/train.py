@@ -2,15 +2,18 @@
 
 The search service prunes through the `report(epoch, val_loss)` hook (it may raise to stop the run)
 and stops cleanly through `should_stop()`; nothing here knows about Optuna.
+
+A training step never waits on the device: losses stay on it until one read per epoch, target tokens
+are counted on the host, and on CUDA batches come from pinned memory, built one ahead on a helper
+thread, with the fused AdamW (foreach on the CPU). Checkpoints are written on a background thread.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import math
-import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,16 +23,36 @@ import torch.nn.functional as F
 
 from . import checkpoint
 from .batches import Batch, Batcher, TrainData
-from .config import TrainConfig
-from .device import amp_dtype, autocast, resolve_device
+from .checkpoint import TrainState
+from .config import Phase, TrainConfig
+from .device import adamw_options, amp_dtype, autocast, padding_multiples, resolve_device
 from .model import SignTranslator
+from .run_metrics import RunMetrics
 from .vocab import PAD_ID
 
-__all__ = ["NonFiniteLoss", "TrainConfig", "TrainResult", "train"]
+__all__ = ["NonFiniteLoss", "TrainConfig", "TrainResult", "TrainTimes", "train"]
 
 
 class NonFiniteLoss(RuntimeError):
     """The training loss became NaN or infinite."""
+
+
+@dataclass
+class TrainTimes:
+    """Seconds train() has spent so far, by kind. Pass one in to read them even when train() raises
+    (a pruned run); the rest of train()'s wall time (setup, resume, callbacks) is `other`."""
+
+    train: float = 0.0       # optimisation loops, with the one loss read per epoch
+    validate: float = 0.0    # validation loss
+    checkpoint: float = 0.0  # checkpoint snapshots and metrics.json, waiting for the writer thread
+
+    @contextlib.contextmanager
+    def clock(self, kind: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            setattr(self, kind, getattr(self, kind) + time.perf_counter() - t0)
 
 
 @dataclass
@@ -42,12 +65,21 @@ class TrainResult:
     params: int
     stopped_early: bool
     interrupted: bool
-    seconds: float
+    seconds: float             # wall time of train()
     frames_per_second: float
     device: str
     out_dir: str
     resumed_from_epoch: int | None
     history: list[dict] = field(default_factory=list)
+    # Where `seconds` went (keyword-only: stand-ins built by tests and benchmarks may leave them out).
+    seconds_train: float = field(default=0.0, kw_only=True)       # optimisation loops
+    seconds_validate: float = field(default=0.0, kw_only=True)    # validation loss
+    seconds_checkpoint: float = field(default=0.0, kw_only=True)  # checkpoints + metrics.json, as waited for
+
+    @property
+    def seconds_other(self) -> float:
+        """Setup, resume, callbacks: the rest of `seconds`."""
+        return max(0.0, self.seconds - self.seconds_train - self.seconds_validate - self.seconds_checkpoint)
 
     @property
     def best_checkpoint(self) -> Path:
@@ -67,8 +99,9 @@ def token_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: float = 0.
                            label_smoothing=smoothing)
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig):
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device | None = None):
+    kind = adamw_options(torch.device(device)) if device is not None else {}
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **kind)
     if cfg.scheduler == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.total_epochs, eta_min=cfg.lr_min)
     else:
@@ -78,18 +111,23 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig):
 
 
 @torch.no_grad()
-def evaluate_loss(model: SignTranslator, batcher: Batcher, device: torch.device, dtype=None) -> float:
-    """Token-level cross-entropy (no smoothing) over a whole split, in eval mode."""
+def evaluate_loss(model: SignTranslator, batcher: Batcher, device: torch.device, dtype=None, *,
+                  prefetch: bool = False) -> float:
+    """Token-level cross-entropy (no smoothing) over a whole split, in eval mode; one device read."""
     model.eval()
-    total, tokens = 0.0, 0
-    for idx in batcher.plan(np.arange(len(batcher.split)), shuffle=False, rng=None):
-        b = batcher.make(idx).to(device)
-        with autocast(device, dtype):
-            logits = model(b.src, b.src_pad, b.tgt_in)
-        n = int(b.tgt_out.ne(PAD_ID).sum())
-        total += float(token_loss(logits, b.tgt_out)) * n
-        tokens += n
-    return total / max(tokens, 1)
+    losses, counts = [], []
+    plan = batcher.plan(np.arange(len(batcher.split)), shuffle=False, rng=None)
+    with contextlib.closing(batcher.batches(plan, prefetch=prefetch)) as batches:
+        for cpu_batch in batches:
+            b = cpu_batch.to(device)
+            with autocast(device, dtype):
+                logits = model(b.src, b.src_pad, b.tgt_in)
+            losses.append(token_loss(logits, b.tgt_out))
+            counts.append(cpu_batch.tokens)
+    total = 0.0
+    for loss, n in zip(torch.stack(losses).cpu().tolist() if losses else [], counts, strict=True):
+        total += loss * n  # per batch, in order: the same float arithmetic as reading each loss at once
+    return total / max(sum(counts), 1)
 
 
 def train_step(model, opt, scaler, b: Batch, cfg: TrainConfig, device, dtype) -> torch.Tensor:
@@ -109,147 +147,179 @@ def train_step(model, opt, scaler, b: Batch, cfg: TrainConfig, device, dtype) ->
     return loss.detach()
 
 
-def train(
-    cfg: TrainConfig,
-    data: TrainData,
-    out_dir: Path,
-    *,
-    device: str = "auto",
-    amp: str = "auto",
-    resume: bool | Path = False,
-    report: Callable[[int, float], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    on_epoch: Callable[[dict], None] | None = None,
-    progress: bool = False,
-) -> TrainResult:
+@dataclass
+class Run:
+    """Everything one train() call works with."""
+
+    cfg: TrainConfig
+    out: Path
+    dev: torch.device
+    dtype: torch.dtype | None
+    model: SignTranslator
+    opt: torch.optim.Optimizer
+    sched: object
+    scaler: torch.amp.GradScaler
+    train_batches: Batcher
+    val_batches: Batcher
+    subset: np.ndarray     # the Plan-B train_fraction of the train split
+    meta: dict             # params, device, fingerprint, configs: in every checkpoint and metrics.json
+    vocab: list[str]
+    prefetch: bool         # build the next batch on a helper thread (see _prefetches)
+    frames: int = 0        # real frames trained on by this call, over its finished epochs
+    loop_seconds: float = 0.0
+
+    @classmethod
+    def build(cls, cfg: TrainConfig, data: TrainData, out: Path, device: str, amp: str) -> Run:
+        out.mkdir(parents=True, exist_ok=True)
+        dev = resolve_device(device)
+        dtype = amp_dtype(dev, amp)
+        torch.manual_seed(cfg.seed)
+        model = SignTranslator(cfg.model_config(data.input_dim, len(data.vocab))).to(dev)
+        opt, sched = make_optimizer(model, cfg, dev)
+        scaler = torch.amp.GradScaler(dev.type, enabled=dtype == torch.float16)
+        pad_to, pin = padding_multiples(dev), dev.type == "cuda"
+        n_train = len(data.train)
+        subset = np.random.default_rng(cfg.seed).permutation(n_train)[: max(1, round(cfg.train_fraction * n_train))]
+        subset = np.sort(subset)
+        meta = {"params": model.num_parameters(), "device": str(dev), "fingerprint": data.fingerprint,
+                "train_config": cfg.to_dict(), "model_config": model.cfg.to_dict()}
+        return cls(cfg, out, dev, dtype, model, opt, sched, scaler,
+                   Batcher(data.train, data.vocab, cfg, pad_to=pad_to, pin=pin),
+                   Batcher(data.val, data.vocab, cfg, pad_to=pad_to, pin=pin), subset, meta,
+                   data.vocab.to_list(), _prefetches(dev))
+
+    def resume(self, resume: bool | str | Path) -> TrainState:
+        """True: from out/last_checkpoint.pt when it exists; a path: from that file."""
+        path = Path(resume) if isinstance(resume, str | Path) else (self.out / checkpoint.LAST if resume else None)
+        if path is None or not path.exists():
+            return TrainState()
+        return checkpoint.restore_run(path, model=self.model, opt=self.opt, sched=self.sched, scaler=self.scaler,
+                                      device=self.dev, fingerprint=self.meta["fingerprint"],
+                                      train_config=self.meta["train_config"])
+
+
+def _prefetches(dev: torch.device) -> bool:
+    # On an accelerator the host builds the next batch while the device computes. On the CPU the
+    # helper thread competes with torch's own threads for the same cores (measured in
+    # benchmarks/training_overhead.py); the batches are the same either way.
+    return dev.type != "cpu"
+
+
+def train_epoch(run: Run, epoch: int, phase: Phase, should_stop, bar) -> tuple[float, int, float] | None:
+    """One optimisation pass: (train loss, real frames, seconds), or None when should_stop() ends it."""
+    cfg = run.cfg
+    indices = np.arange(len(run.train_batches.split)) if phase.full_split else run.subset
+    rng = np.random.default_rng([cfg.seed, epoch])  # per-epoch stream: resume replays it exactly
+    plan = run.train_batches.plan(indices, shuffle=True, rng=rng)
+    run.model.train()
+    t0 = time.perf_counter()
+    losses, weights, frames = [], [], 0
+    bar.start_epoch(epoch, len(plan))
+    with contextlib.closing(run.train_batches.batches(plan, rng, prefetch=run.prefetch)) as batches:
+        for cpu_batch in batches:
+            if should_stop and should_stop():
+                return None
+            b = cpu_batch.to(run.dev)
+            losses.append(train_step(run.model, run.opt, run.scaler, b, cfg, run.dev, run.dtype))
+            weights.append(cpu_batch.tokens)
+            frames += b.frames
+            bar.advance()
+    # The epoch's one device read.
+    train_loss = float((torch.stack(losses).float().cpu() * torch.tensor(weights)).sum() / sum(weights))
+    if not math.isfinite(train_loss):
+        raise NonFiniteLoss(f"train loss is {train_loss} at epoch {epoch}")
+    return train_loss, frames, time.perf_counter() - t0
+
+
+def validate(run: Run, epoch: int) -> float:
+    val_loss = evaluate_loss(run.model, run.val_batches, run.dev, run.dtype, prefetch=run.prefetch)
+    if not math.isfinite(val_loss):
+        raise NonFiniteLoss(f"validation loss is {val_loss} at epoch {epoch}")
+    return val_loss
+
+
+def end_epoch(run: Run, epoch: int, loop: tuple[float, int, float], val_loss: float) -> dict:
+    """Step the schedule; the epoch's record (as metrics.json stores it)."""
+    train_loss, frames, seconds = loop
+    lr = run.opt.param_groups[0]["lr"]
+    run.sched.step() if run.cfg.scheduler == "cosine" else run.sched.step(val_loss)
+    run.frames += frames
+    run.loop_seconds += seconds
+    return {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": lr, "seconds": seconds,
+            "frames_per_second": frames / max(seconds, 1e-9)}
+
+
+def save_checkpoints(run: Run, state: TrainState, improved: bool, writer: checkpoint.BackgroundWriter) -> None:
+    """Snapshot on this thread (CPU copies), write on the writer's."""
+    ck = checkpoint.run_checkpoint(run.meta, state, run.vocab, run.model, run.opt, run.sched, run.scaler, run.dev)
+    metrics = RunMetrics(**run.meta, best_epoch=state.best_epoch, best_val_loss=state.best_val_loss,
+                         history=[dict(h) for h in state.history])
+    writer.submit(checkpoint.save_run, run.out, ck, best=improved, metrics=metrics)
+
+
+def train(cfg: TrainConfig, data: TrainData, out_dir: Path, *, device: str = "auto", amp: str = "auto",
+          resume: bool | Path = False, report: Callable[[int, float], None] | None = None,
+          should_stop: Callable[[], bool] | None = None, on_epoch: Callable[[dict], None] | None = None,
+          progress: bool = False, times: TrainTimes | None = None) -> TrainResult:
     """Train until the epoch budget, early stopping, or `should_stop()`.
 
     resume: True resumes from out_dir/last_checkpoint.pt when it exists; a path resumes from that file.
-    report(epoch, val_loss) runs after each epoch's checkpoints are written; exceptions it raises propagate.
+    report(epoch, val_loss) runs once the epoch's checkpoints are handed to the writer thread; train()
+    waits for that write before it returns or lets an exception (report's included) through.
+    times: filled in as the run goes (see TrainTimes).
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    dev = resolve_device(device)
-    dtype = amp_dtype(dev, amp)
-    torch.manual_seed(cfg.seed)
-    model = SignTranslator(cfg.model_config(data.input_dim, len(data.vocab))).to(dev)
-    opt, sched = make_optimizer(model, cfg)
-    scaler = torch.amp.GradScaler(dev.type, enabled=dtype == torch.float16)
-    train_batcher = Batcher(data.train, data.vocab, cfg)
-    val_batcher = Batcher(data.val, data.vocab, cfg)
-    fingerprint = data.fingerprint
-    n_train = len(data.train)
-    subset = np.sort(np.random.default_rng(cfg.seed).permutation(n_train)[: max(1, round(cfg.train_fraction * n_train))])
-
-    state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0, "bad_epochs": 0, "history": []}
-    resumed_from = None
-    resume_path = Path(resume) if isinstance(resume, (str, Path)) else (out / checkpoint.LAST if resume else None)
-    if resume_path is not None and resume_path.exists():
-        ck = checkpoint.load(resume_path, map_location=dev)
-        if ck.get("fingerprint") != fingerprint:
-            raise checkpoint.CheckpointError(f"{resume_path} was trained on different data (fingerprint differs)")
-        if ck["train_config"] != cfg.to_dict():
-            raise checkpoint.CheckpointError(f"{resume_path} was trained with a different TrainConfig")
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        if "scaler" in ck and ck["scaler"]:
-            scaler.load_state_dict(ck["scaler"])
-        torch.set_rng_state(ck["rng_torch"])
-        if dev.type == "cuda" and ck.get("rng_cuda") is not None:
-            torch.cuda.set_rng_state(ck["rng_cuda"], dev)
-        state = {k: ck[k] for k in state}
-        resumed_from = state["epoch"]
-
-    params = model.num_parameters()
-    meta = {"params": params, "device": str(dev), "fingerprint": fingerprint,
-            "train_config": cfg.to_dict(), "model_config": model.cfg.to_dict()}
-    t_start, frames_done, train_seconds = time.perf_counter(), 0, 0.0
-    interrupted = stopped_early = False
-    bar = _Progress(progress, cfg.total_epochs, state["epoch"])
+    t_start, times = time.perf_counter(), (times if times is not None else TrainTimes())
+    run = Run.build(cfg, data, Path(out_dir), device, amp)
+    state = run.resume(resume)
+    resumed_from = state.epoch or None  # a checkpoint holds at least one finished epoch
+    writer, bar, ended = checkpoint.BackgroundWriter(), _Progress(progress, cfg.total_epochs, state.epoch), ""
     try:
-        for epoch in range(state["epoch"] + 1, cfg.total_epochs + 1):
-            if should_stop and should_stop():
-                interrupted = True
+        for epoch in range(state.epoch + 1, cfg.total_epochs + 1):
+            phase = cfg.phase(epoch)
+            if phase.reset_patience:
+                state.bad_epochs = 0
+            with times.clock("train"):
+                loop = None if should_stop and should_stop() else train_epoch(run, epoch, phase, should_stop, bar)
+            if loop is None:
+                ended = "interrupted"  # a half epoch is not checkpointed: resume restarts it from the last one
                 break
-            finetuning = cfg.train_fraction < 1.0 and epoch > cfg.epochs
-            if finetuning and epoch == cfg.epochs + 1:
-                state["bad_epochs"] = 0  # patience restarts when fine-tuning on the full split begins
-            indices = np.arange(n_train) if (cfg.train_fraction >= 1.0 or finetuning) else subset
-            rng = np.random.default_rng([cfg.seed, epoch])  # per-epoch stream: resume replays it exactly
-            plan = train_batcher.plan(indices, shuffle=True, rng=rng)
-            model.train()
-            t0 = time.perf_counter()
-            losses, weights, frames = [], [], 0
-            bar.start_epoch(epoch, len(plan))
-            for idx in plan:
-                if should_stop and should_stop():
-                    interrupted = True
-                    break
-                cpu_batch = train_batcher.make(idx, rng)
-                weights.append(int(cpu_batch.tgt_out.ne(PAD_ID).sum()))  # counted on the CPU: no device sync
-                b = cpu_batch.to(dev)
-                losses.append(train_step(model, opt, scaler, b, cfg, dev, dtype))
-                frames += b.frames
-                bar.advance()
-            if interrupted:
-                break  # a half epoch is not checkpointed: resume restarts this epoch from the last one
-            train_loss = float((torch.stack(losses).float().cpu() * torch.tensor(weights)).sum() / sum(weights))
-            if not math.isfinite(train_loss):
-                raise NonFiniteLoss(f"train loss is {train_loss} at epoch {epoch}")
-            seconds = time.perf_counter() - t0
-            val_loss = evaluate_loss(model, val_batcher, dev, dtype)
-            if not math.isfinite(val_loss):
-                raise NonFiniteLoss(f"validation loss is {val_loss} at epoch {epoch}")
-            lr = opt.param_groups[0]["lr"]
-            sched.step() if cfg.scheduler == "cosine" else sched.step(val_loss)
-            frames_done += frames
-            train_seconds += seconds
-            record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": lr,
-                      "seconds": seconds, "frames_per_second": frames / max(seconds, 1e-9)}
-            state["history"].append(record)
-            state["epoch"] = epoch
-            improved = val_loss < state["best_val_loss"] - cfg.min_delta
-            if improved:
-                state.update(best_val_loss=val_loss, best_epoch=epoch, bad_epochs=0)
-            else:
-                state["bad_epochs"] += 1
-            ck = {**meta, **state, "vocab": data.vocab.to_list(), "model": model.state_dict(),
-                  "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
-                  "rng_torch": torch.get_rng_state(),
-                  "rng_cuda": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None}
-            checkpoint.save(out / checkpoint.LAST, ck)
-            if improved:
-                checkpoint.save(out / checkpoint.BEST, ck)
-            write_metrics(out, meta, state)
-            bar.end_epoch(record, state["best_val_loss"])
+            with times.clock("validate"):
+                val_loss = validate(run, epoch)
+            record = end_epoch(run, epoch, loop, val_loss)
+            improved = state.end_epoch(record, cfg.min_delta)
+            with times.clock("checkpoint"):
+                save_checkpoints(run, state, improved, writer)
+            bar.end_epoch(record, state.best_val_loss)
             if on_epoch:
                 on_epoch(record)
             if report:
-                report(epoch, val_loss)
-            if state["bad_epochs"] >= cfg.patience and not (cfg.train_fraction < 1.0 and epoch == cfg.epochs):
-                stopped_early = True
+                report(epoch, record["val_loss"])
+            if state.bad_epochs >= cfg.patience and phase.may_stop_early:
+                ended = "stopped_early"
                 break
+    except BaseException:
+        with times.clock("checkpoint"):
+            writer.wait(raise_errors=False)  # the epoch's files are on disk before the error leaves
+        raise
     finally:
         bar.close()
+    with times.clock("checkpoint"):
+        writer.wait()
+    return _result(run, state, times, time.perf_counter() - t_start, ended, resumed_from)
 
-    best = next((h for h in state["history"] if h["epoch"] == state["best_epoch"]), None)
-    train_at_best = best["train_loss"] if best else math.nan
+
+def _result(run: Run, state: TrainState, times: TrainTimes, seconds: float, ended: str,
+            resumed_from: int | None) -> TrainResult:
+    best = state.best
     return TrainResult(
-        best_val_loss=state["best_val_loss"], best_epoch=state["best_epoch"], train_loss=train_at_best,
-        gap=state["best_val_loss"] - train_at_best if best else math.nan,
-        epochs_run=state["epoch"], params=params, stopped_early=stopped_early, interrupted=interrupted,
-        seconds=time.perf_counter() - t_start, frames_per_second=frames_done / max(train_seconds, 1e-9),
-        device=str(dev), out_dir=str(out), resumed_from_epoch=resumed_from, history=state["history"],
+        best_val_loss=state.best_val_loss, best_epoch=state.best_epoch,
+        train_loss=best.train_loss if best else math.nan, gap=best.gap if best else math.nan,
+        epochs_run=state.epoch, params=run.meta["params"], stopped_early=ended == "stopped_early",
+        interrupted=ended == "interrupted", seconds=seconds, seconds_train=times.train,
+        seconds_validate=times.validate, seconds_checkpoint=times.checkpoint,
+        frames_per_second=run.frames / max(run.loop_seconds, 1e-9), device=str(run.dev), out_dir=str(run.out),
+        resumed_from_epoch=resumed_from, history=state.history,
     )
-
-
-def write_metrics(out: Path, meta: dict, state: dict) -> None:
-    doc = {**meta, "best_epoch": state["best_epoch"], "best_val_loss": state["best_val_loss"],
-           "epochs": state["history"]}
-    tmp = out / f".metrics.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(doc, indent=2))
-    os.replace(tmp, out / "metrics.json")
 
 
 class _Progress:

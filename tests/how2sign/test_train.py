@@ -113,3 +113,55 @@ def test_foreign_checkpoint_is_refused(tmp_path):
     (tmp_path / "y.pt").write_text("hello")
     with pytest.raises(checkpoint.CheckpointError, match="not an h2s-search checkpoint"):
         checkpoint.load(tmp_path / "y.pt")
+
+
+def test_run_metrics_reads_what_train_wrote(corpus, tiny_cfg, tmp_path):
+    from how2sign.run_metrics import RunMetrics
+
+    data = TrainData.load(corpus)
+    r = train(tiny_cfg, data, tmp_path / "run", device="cpu")
+    m = RunMetrics.load(tmp_path / "run")
+    assert (m.best_epoch, m.best_val_loss, m.epochs_run, m.params) == (r.best_epoch, r.best_val_loss, 4, r.params)
+    assert (m.train_loss, m.gap) == (r.train_loss, r.gap) and m.history == r.history
+    assert m.fingerprint == data.fingerprint and m.train_config == tiny_cfg.to_dict()
+    assert m.val_curve() == [(h["epoch"], h["val_loss"]) for h in r.history]
+    assert math.isclose(m.frames_per_second, r.frames_per_second, rel_tol=1e-9)
+    ev = evaluate_checkpoint(tmp_path / "run" / checkpoint.BEST, corpus, "val", device="cpu")
+    assert ev.gap == r.gap and ev.train_loss == r.train_loss
+
+
+def test_time_split_adds_up_to_at_most_the_wall_time(corpus, tiny_cfg, tmp_path):
+    r = train(tiny_cfg, TrainData.load(corpus), tmp_path / "r", device="cpu")
+    parts = (r.seconds_train, r.seconds_validate, r.seconds_checkpoint)
+    assert all(p > 0 for p in parts) and sum(parts) <= r.seconds
+    assert math.isclose(r.seconds_other, r.seconds - sum(parts), abs_tol=1e-12)
+    assert r.seconds_train >= sum(h["seconds"] for h in r.history)
+
+
+def test_times_are_kept_when_a_report_stops_the_run(corpus, tiny_cfg, tmp_path):
+    from how2sign.train import TrainTimes
+
+    times = TrainTimes()
+
+    def report(epoch, _val):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_cfg, TrainData.load(corpus), tmp_path / "r", device="cpu", report=report, times=times)
+    assert times.train > 0 and times.validate > 0 and times.checkpoint > 0
+
+
+def test_background_writes_leave_loadable_checkpoints_when_train_returns(corpus, tiny_cfg, tmp_path):
+    from how2sign.run_metrics import RunMetrics
+
+    out = tmp_path / "r"
+    r = train(dataclasses.replace(tiny_cfg, epochs=3), TrainData.load(corpus), out, device="cpu")
+    last, best = checkpoint.load(out / checkpoint.LAST), checkpoint.load(out / checkpoint.BEST)
+    assert last["epoch"] == r.epochs_run == 3 and last["history"] == r.history
+    assert best["epoch"] == r.best_epoch and best["best_val_loss"] == r.best_val_loss
+    assert RunMetrics.load(out).epochs_run == 3
+    assert sorted(p.name for p in out.iterdir()) == sorted([checkpoint.LAST, checkpoint.BEST, "metrics.json"])
+    # The files are complete: a run resumed from them has nothing left to do and agrees with the first.
+    again = train(dataclasses.replace(tiny_cfg, epochs=3), TrainData.load(corpus), out, device="cpu", resume=True)
+    assert again.resumed_from_epoch == 3 and again.history == r.history and again.best_val_loss == r.best_val_loss
