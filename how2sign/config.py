@@ -54,6 +54,13 @@ class TrainConfig:
     aug_rotate: float = 0.0
     aug_scale: float = 0.0
     aug_shear: float = 0.0
+    # Pretrained pose encoder (see how2sign.encoder_init): a file to start the encoder from, whether to
+    # freeze it, and its learning rate as a fraction of lr when fine-tuned. 0 below: same as the encoder.
+    encoder_init: str = ""
+    freeze_encoder: bool = False
+    encoder_lr_scale: float = 1.0
+    decoder_nhead: int = 0
+    decoder_feedforward: int = 0
 
     def __post_init__(self) -> None:
         check_heads(self.d_model, self.nhead)
@@ -77,6 +84,15 @@ class TrainConfig:
                     "weight_decay", "grad_clip", "min_delta"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
+        self._check_encoder_fields()
+
+    def _check_encoder_fields(self) -> None:
+        if self.decoder_nhead:
+            check_heads(self.d_model, self.decoder_nhead)
+        if self.decoder_feedforward < 0 or self.decoder_nhead < 0:
+            raise ConfigError("decoder_nhead and decoder_feedforward must be >= 0 (0: as the encoder)")
+        if not 0.0 < self.encoder_lr_scale <= 10.0:
+            raise ConfigError(f"encoder_lr_scale must be in (0, 10], got {self.encoder_lr_scale}")
 
     @property
     def total_epochs(self) -> int:
@@ -88,6 +104,7 @@ class TrainConfig:
             encoder_layers=self.encoder_layers, decoder_layers=self.decoder_layers,
             dim_feedforward=self.dim_feedforward, dropout=self.dropout,
             max_frames=self.max_frames, max_tokens=self.max_tokens,
+            decoder_nhead=self.decoder_nhead, decoder_feedforward=self.decoder_feedforward,
         )
 
     def to_dict(self) -> dict:

@@ -22,6 +22,7 @@ from . import checkpoint
 from .batches import Batch, Batcher, TrainData
 from .config import TrainConfig
 from .device import amp_dtype, autocast, resolve_device
+from .encoder_init import apply_encoder_init, encoder_outputs, param_groups
 from .model import SignTranslator
 from .vocab import PAD_ID
 
@@ -68,7 +69,7 @@ def token_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: float = 0.
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig):
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.scheduler == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.total_epochs, eta_min=cfg.lr_min)
     else:
@@ -133,10 +134,13 @@ def train(
     dtype = amp_dtype(dev, amp)
     torch.manual_seed(cfg.seed)
     model = SignTranslator(cfg.model_config(data.input_dim, len(data.vocab))).to(dev)
+    apply_encoder_init(model, cfg, data)  # pretrained encoder: load, check, freeze (how2sign.encoder_init)
     opt, sched = make_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(dev.type, enabled=dtype == torch.float16)
     train_batcher = Batcher(data.train, data.vocab, cfg)
     val_batcher = Batcher(data.val, data.vocab, cfg)
+    # A frozen encoder's outputs are computed once and reused: batches then carry them instead of keypoints.
+    train_batcher, val_batcher = encoder_outputs(model, cfg, dev, dtype, train_batcher, val_batcher)
     fingerprint = data.fingerprint
     n_train = len(data.train)
     subset = np.sort(np.random.default_rng(cfg.seed).permutation(n_train)[: max(1, round(cfg.train_fraction * n_train))])
