@@ -34,11 +34,11 @@ SMALL = dict(d_model=64, nhead=4, encoder_layers=2, decoder_layers=2, dim_feedfo
              batch_size=16, lr=1e-3, lr_min=1e-5, patience=100, max_frames=256)
 
 
-def pretrain_cost(root: Path, tmp: Path, epochs: int) -> Path:
+def pretrain_cost(root: Path, tmp: Path, epochs: int, lr: float) -> Path:
     from how2sign.pretrain import PretrainConfig, pretrain
 
     cfg = PretrainConfig(d_model=64, nhead=4, encoder_layers=2, dim_feedforward=256, dropout=0.1,
-                         batch_size=16, lr=1e-3, lr_min=1e-5, epochs=epochs, max_frames=256)
+                         batch_size=16, lr=lr, lr_min=1e-5, epochs=epochs, max_frames=256)
     r = pretrain(cfg, root, tmp / "pretrain", device="cpu")
     per_epoch = [h["seconds"] for h in r.history]
     say(f"pretraining: {r.epochs_run} epochs, {r.seconds:.1f}s in all, median {median(per_epoch):.2f}s/epoch, "
@@ -146,6 +146,8 @@ def main() -> None:
     def extra(p):
         p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: a shared machine)")
         p.add_argument("--seeds", type=int, default=3)
+        p.add_argument("--pretrain-epochs", type=int, default=None, help="default 20 (--quick: 3)")
+        p.add_argument("--pretrain-lr", type=float, default=1e-3)
         p.add_argument("--part", choices=("all", "pretrain", "speed"), default="all",
                        help="pretrain: pretraining cost and the arms; speed: the decoder-only speed-up")
 
@@ -157,7 +159,7 @@ def main() -> None:
         os.environ["H2S_HOME"] = str(tmp / "home")
         root = make_corpus(tmp / "corpus", train=train_n, val=val_n)
         if args.part in ("all", "pretrain"):
-            encoder = pretrain_cost(root, tmp, pre_epochs)
+            encoder = pretrain_cost(root, tmp, args.pretrain_epochs or pre_epochs, args.pretrain_lr)
             rows = arm_runs(root, tmp, encoder, epochs, list(range(args.seeds)))
             summarise_arms(rows, epochs, args.seeds)
         if args.part in ("all", "speed"):
