@@ -50,6 +50,15 @@ def ensure_encoder(spec: StudySpec, choice: DataChoice, *, say=print, device: st
     return parse(raw, spec.source)
 
 
+def check_study_encoder(spec: StudySpec, root: Path) -> None:
+    """A worker's check before its first trial: the stored study's encoder file is here and fits the data."""
+    base = spec.base_config()
+    if base.encoder_init:
+        check_file(Path(base.encoder_init), base, root, f"study {spec.name!r} [train] encoder_init")
+    if spec.encoder_init and any(arm in PRETRAINED_ARMS for arm in spec.encoder_arms):
+        check_file(Path(spec.encoder_init), base, root, f"study {spec.name!r}: encoder_init")
+
+
 def check_file(path: Path, cfg: TrainConfig, root: Path, where: str) -> None:
     """The checks train() makes, made before any trial: shape, feature layout, dataset."""
     if not path.is_file():

@@ -144,6 +144,14 @@ def test_study_runs_every_arm_with_its_encoder(corpus, encoder_file, write_study
     assert [t.params["encoder"] for t in ts] == list(ARMS) and ts[0].user_attrs["anchor"]
     params = {t.params["encoder"]: t.user_attrs["params"] for t in ts}
     assert params["pretrained-frozen"] == params["random-frozen"] < params["scratch"] == params["pretrained-finetuned"]
+    # A worker on a machine without the encoder file is refused before it takes a trial.
+    moved = encoder_file.rename(encoder_file.with_name("away.pt"))
+    try:
+        res = cli("worker", "--study", "fe", "--storage", url, "--data", corpus, "--n-trials", 1, cwd=tmp_path)
+    finally:
+        moved.rename(encoder_file)
+    assert res.returncode == 2 and "not found" in res.stderr, res.stderr
+    assert len(s.get_trials()) == 4
 
 
 def test_start_on_the_built_in_corpus_pretrains_once_then_reuses(corpus, monkeypatch):
