@@ -95,6 +95,19 @@ class Batcher:
         return [[int(indices[j]) for j in b] for b in bucket_batches(lengths, self.cfg.batch_size, shuffle=shuffle, rng=rng)]
 
     def make(self, idx: list[int], rng: np.random.Generator | None = None) -> Batch:
+        src, pad, frames = self.sources(idx, rng)
+        L = 1 + round_up(max(len(self.targets[i]) for i in idx) - 1, self.pad_to[1], self.cfg.max_tokens - 1)
+        tgt = np.full((len(idx), L), PAD_ID, dtype=np.int64)
+        for b, i in enumerate(idx):
+            tgt[b, : len(self.targets[i])] = self.targets[i]
+        tensors = [src, pad, torch.from_numpy(tgt)]
+        if self.pin:
+            tensors = [t.pin_memory() for t in tensors]
+        src_t, pad_t, tgt_t = tensors
+        return Batch(src_t, pad_t, tgt_t[:, :-1], tgt_t[:, 1:], frames, list(idx), int((tgt[:, 1:] != PAD_ID).sum()))
+
+    def sources(self, idx: list[int], rng: np.random.Generator | None) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(src (B, T, F) features, src_pad (B, T) True where padded, real frames) for the clips idx."""
         clips = []
         for i in idx:
             clip = self.split.clip(i)  # (T, P, 3)
@@ -108,16 +121,7 @@ class Batcher:
         for b, c in enumerate(clips):
             src[b, : len(c)] = c.reshape(len(c), P * 3)
             pad[b, : len(c)] = False
-        L = 1 + round_up(max(len(self.targets[i]) for i in idx) - 1, self.pad_to[1], self.cfg.max_tokens - 1)
-        tgt = np.full((B, L), PAD_ID, dtype=np.int64)
-        for b, i in enumerate(idx):
-            tgt[b, : len(self.targets[i])] = self.targets[i]
-        tensors = [torch.from_numpy(a) for a in (src, pad, tgt)]
-        if self.pin:
-            tensors = [t.pin_memory() for t in tensors]
-        src_t, pad_t, tgt_t = tensors
-        return Batch(src_t, pad_t, tgt_t[:, :-1], tgt_t[:, 1:], int(sum(len(c) for c in clips)), list(idx),
-                     int((tgt[:, 1:] != PAD_ID).sum()))
+        return torch.from_numpy(src), torch.from_numpy(pad), int(sum(len(c) for c in clips))
 
     def batches(self, plan: list[list[int]], rng: np.random.Generator | None = None, *,
                 prefetch: bool = False) -> Iterator[Batch]:

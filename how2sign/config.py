@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 
 from .features import AUGMENT_RULES
 from .model import ConfigError, ModelConfig, check_heads
-from .rules import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, UNIT, Rule
+from .rules import ANY_TEXT, AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, UNIT, Rule
 
 SCHEDULERS = ("cosine", "plateau")
 
@@ -31,6 +31,9 @@ FIELD_RULES: dict[str, Rule] = {
     "seed": Rule(low=0, high=2**64 - 1), "max_frames": AT_LEAST_ONE, "max_tokens": Rule(low=3),
     "vocab_min_freq": AT_LEAST_ONE, "train_fraction": Rule(low=0, high=1, low_open=True),
     "finetune_epochs": NON_NEGATIVE,
+    "encoder_init": ANY_TEXT, "freeze_encoder": Rule(choices=(False, True)),
+    "encoder_lr_scale": Rule(low=0, high=10, low_open=True),
+    "decoder_nhead": NON_NEGATIVE, "decoder_feedforward": NON_NEGATIVE,
     **{f"aug_{knob}": rule for knob, rule in AUGMENT_RULES.items()},
 }
 
@@ -82,6 +85,13 @@ class TrainConfig:
     aug_rotate: float = 0.0
     aug_scale: float = 0.0
     aug_shear: float = 0.0
+    # Pretrained pose encoder (see how2sign.encoder_init): a file to start the encoder from, whether to
+    # freeze it, and its learning rate as a fraction of lr when fine-tuned. 0 below: same as the encoder.
+    encoder_init: str = ""
+    freeze_encoder: bool = False
+    encoder_lr_scale: float = 1.0
+    decoder_nhead: int = 0
+    decoder_feedforward: int = 0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -91,6 +101,8 @@ class TrainConfig:
         check_heads(self.d_model, self.nhead)
         if self.lr_min > self.lr:
             raise ConfigError(f"need 0 <= lr_min <= lr and lr > 0, got lr={self.lr}, lr_min={self.lr_min}")
+        if self.decoder_nhead:  # 0: the decoder uses the encoder's head count
+            check_heads(self.d_model, self.decoder_nhead)
 
     @classmethod
     def check_value(cls, key: str, value, where: str = "config"):
@@ -129,6 +141,7 @@ class TrainConfig:
             encoder_layers=self.encoder_layers, decoder_layers=self.decoder_layers,
             dim_feedforward=self.dim_feedforward, dropout=self.dropout,
             max_frames=self.max_frames, max_tokens=self.max_tokens,
+            decoder_nhead=self.decoder_nhead, decoder_feedforward=self.decoder_feedforward,
         )
 
     def to_dict(self) -> dict:

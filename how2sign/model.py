@@ -35,9 +35,14 @@ class ModelConfig:
     dropout: float
     max_frames: int
     max_tokens: int
+    # The decoder's own heads and feed-forward width (0: the encoder's), so a study can search the decoder
+    # around a fixed pretrained encoder. Defaults keep older checkpoints' model_config loadable.
+    decoder_nhead: int = 0
+    decoder_feedforward: int = 0
 
     def __post_init__(self) -> None:
         check_heads(self.d_model, self.nhead)
+        check_heads(self.d_model, self.decoder_nhead or self.nhead)
         for key in ("input_dim", "vocab_size", "encoder_layers", "decoder_layers", "dim_feedforward"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
@@ -119,7 +124,8 @@ class SignTranslator(nn.Module):
         self.tgt_pos = PositionalEncoding(d, cfg.max_tokens)
         self.embed = nn.Embedding(cfg.vocab_size, d, padding_idx=PAD_ID)
         self.dropout = nn.Dropout(cfg.dropout)
-        layer = nn.TransformerDecoderLayer(d, cfg.nhead, cfg.dim_feedforward, cfg.dropout, batch_first=True)
+        layer = nn.TransformerDecoderLayer(d, cfg.decoder_nhead or cfg.nhead,
+                                           cfg.decoder_feedforward or cfg.dim_feedforward, cfg.dropout, batch_first=True)
         self.decoder = nn.TransformerDecoder(layer, cfg.decoder_layers, norm=nn.LayerNorm(d))
         _xavier(self.decoder)
         self.head = nn.Linear(d, cfg.vocab_size, bias=False)

@@ -20,12 +20,15 @@ class Rule:
     low_open: bool = False
     high_open: bool = False
     choices: tuple = ()
+    text: bool = False  # any string (a path); the type check has already refused non-strings
 
     def admits(self, value) -> bool:
         return self.problem(value) is None
 
     def problem(self, value) -> str | None:
         """None when the value is legal, else `must be <rule>, got <value>`."""
+        if self.text:
+            return None if isinstance(value, str) else f"must be text, got {value!r}"
         if self.choices:
             return None if value in self.choices else f"must be one of {self.choices}, got {value!r}"
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
@@ -35,6 +38,8 @@ class Rule:
         return f"must be {self.describe()}, got {value}" if too_low or too_high else None
 
     def describe(self) -> str:
+        if self.text:
+            return "any text"
         if self.choices:
             return f"one of {self.choices}"
         if self.low is not None and self.high is not None:
@@ -54,3 +59,4 @@ AT_LEAST_ONE = Rule(low=1)
 NON_NEGATIVE = Rule(low=0)
 POSITIVE = Rule(low=0, low_open=True)
 UNIT = Rule(low=0, high=1, high_open=True)  # [0, 1): a probability or a relative amount below 100 %
+ANY_TEXT = Rule(text=True)

@@ -26,6 +26,7 @@ from .batches import Batch, Batcher, TrainData
 from .checkpoint import TrainState
 from .config import Phase, TrainConfig
 from .device import adamw_options, amp_dtype, autocast, padding_multiples, resolve_device
+from .encoder_init import apply_encoder_init, encoder_outputs, param_groups
 from .model import SignTranslator
 from .run_metrics import RunMetrics
 from .vocab import PAD_ID
@@ -101,7 +102,7 @@ def token_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: float = 0.
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device | None = None):
     kind = adamw_options(torch.device(device)) if device is not None else {}
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **kind)
+    opt = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay, **kind)
     if cfg.scheduler == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.total_epochs, eta_min=cfg.lr_min)
     else:
@@ -175,6 +176,7 @@ class Run:
         dtype = amp_dtype(dev, amp)
         torch.manual_seed(cfg.seed)
         model = SignTranslator(cfg.model_config(data.input_dim, len(data.vocab))).to(dev)
+        apply_encoder_init(model, cfg, data)  # a pretrained encoder: load, check, freeze (how2sign.encoder_init)
         opt, sched = make_optimizer(model, cfg, dev)
         scaler = torch.amp.GradScaler(dev.type, enabled=dtype == torch.float16)
         pad_to, pin = padding_multiples(dev), dev.type == "cuda"
@@ -183,9 +185,11 @@ class Run:
         subset = np.sort(subset)
         meta = {"params": model.num_parameters(), "device": str(dev), "fingerprint": data.fingerprint,
                 "train_config": cfg.to_dict(), "model_config": model.cfg.to_dict()}
-        return cls(cfg, out, dev, dtype, model, opt, sched, scaler,
-                   Batcher(data.train, data.vocab, cfg, pad_to=pad_to, pin=pin),
-                   Batcher(data.val, data.vocab, cfg, pad_to=pad_to, pin=pin), subset, meta,
+        batchers = (Batcher(data.train, data.vocab, cfg, pad_to=pad_to, pin=pin),
+                    Batcher(data.val, data.vocab, cfg, pad_to=pad_to, pin=pin))
+        # A frozen encoder's outputs are computed once and reused: batches then carry them, not keypoints.
+        train_batches, val_batches = encoder_outputs(model, cfg, dev, dtype, *batchers)
+        return cls(cfg, out, dev, dtype, model, opt, sched, scaler, train_batches, val_batches, subset, meta,
                    data.vocab.to_list(), _prefetches(dev))
 
     def resume(self, resume: bool | str | Path) -> TrainState:

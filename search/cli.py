@@ -174,6 +174,38 @@ def train(
 
 @app.command()
 @command
+def pretrain(
+    data: DataOpt = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Run folder; the encoder is OUT/encoder.pt.")] = Path("runs/pretrain"),
+    epochs: Annotated[int | None, typer.Option(help="Override the epoch budget (default 30).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a PretrainConfig field: key=value (d_model, nhead, mask_ratio, ...).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/pretrain_checkpoint.pt.")] = False,
+    as_json: JsonOpt = False,
+):
+    """Pretrain a pose encoder by masked keypoint modelling on the train split; writes OUT/encoder.pt."""
+    from how2sign.jobs import choose_data
+    from how2sign.pretrain import PretrainConfig
+    from how2sign.pretrain import pretrain as run_pretrain
+
+    cfg = PretrainConfig().with_sets(([f"epochs={epochs}"] if epochs is not None else []) + (set_ or []))
+    choice = choose_data(data)
+    say_data(choice, as_json)
+    r = run_pretrain(cfg, choice.root, out_dir, device=device, resume=resume, progress=sys.stderr.isatty())
+    if as_json:
+        print(json.dumps({k: v for k, v in r.to_dict().items() if k != "history"}))
+        return
+    out.print(f"pretrained {r.params:,} encoder parameters on {r.device}: {r.epochs_run} epochs"
+              f"{' (interrupted)' if r.interrupted else ''}, best val masked-reconstruction error {r.val_error:.4f} "
+              f"at epoch {r.best_epoch}; linear interpolation {r.interpolation_error:.4f}; {r.seconds:.1f}s",
+              highlight=False)
+    out.print(("" if r.beats_interpolation else "[bold yellow]warning:[/] ") + r.verdict, highlight=False)
+    out.print(f"encoder: {r.encoder} (train with --set encoder_init={r.encoder} --set freeze_encoder=true, "
+              "or encoder_init in a study file)", highlight=False)
+
+
+@app.command()
+@command
 def evaluate(
     checkpoint: Annotated[Path, typer.Option(help="A best_checkpoint.pt or last_checkpoint.pt.")],
     split: Annotated[str, typer.Option(help="val or test.")] = "val",

@@ -13,6 +13,7 @@ from pathlib import Path
 from how2sign.jobs import choose_data
 
 from .errors import UserError
+from .pretrained import ensure_encoder
 from .spec import load_spec
 from .storage import parse_url, resolve_url
 from .study import create_or_load
@@ -67,6 +68,7 @@ def start(study: str, *, storage: str | None, data: Path | None, n_trials: int |
         say(f"using the [demo] budget of {spec.source.split(' (')[0]}: {spec.n_trials} trials, "
             f"{spec.base_config().epochs} epochs each")
     devs = plan_devices(workers, devices)
+    spec = ensure_encoder(spec, choice, say=say)  # pretrained-encoder arms: checked or built before the study
     url = resolve_url(storage)
     if parse_url(url).backend == "sqlite" and len(devs) > 4:
         raise UserError(f"{len(devs)} workers on SQLite will contend for one file lock; use PostgreSQL "

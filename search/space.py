@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 from how2sign.config import TrainConfig
+from how2sign.model import ConfigError
 
-from .spec import StudySpec
+from .spec import ENCODER_PARAM, StudySpec
+
+# What each value of the `encoder` parameter sets; "{init}" is the study's encoder file.
+ENCODER_ARM_FIELDS = {
+    "scratch": {"encoder_init": "", "freeze_encoder": False, "encoder_lr_scale": 1.0},
+    "pretrained-frozen": {"encoder_init": "{init}", "freeze_encoder": True, "encoder_lr_scale": 1.0},
+    "random-frozen": {"encoder_init": "", "freeze_encoder": True, "encoder_lr_scale": 1.0},  # the control
+    "pretrained-finetuned": {"encoder_init": "{init}", "freeze_encoder": False, "encoder_lr_scale": 0.1},
+}
 
 
 def suggest(trial, p) -> object:
@@ -22,4 +31,16 @@ def config_from_trial(trial, spec: StudySpec) -> TrainConfig:
     d_model that this nhead does not divide); the worker records that as the trial's fail_reason.
     """
     values = {p.name: suggest(trial, p) for p in spec.space}
+    if ENCODER_PARAM in values:
+        values.update(encoder_fields(values.pop(ENCODER_PARAM), spec))
     return spec.base_config().replace(values, f"trial {trial.number}")
+
+
+def encoder_fields(arm: str, spec: StudySpec) -> dict:
+    """The TrainConfig fields of one `encoder` arm."""
+    fields = dict(ENCODER_ARM_FIELDS[arm])
+    if fields["encoder_init"]:
+        if not spec.encoder_init:
+            raise ConfigError(f"encoder={arm} needs the study's encoder_init; `h2s-search start` sets it")
+        fields["encoder_init"] = spec.encoder_init
+    return fields

@@ -26,7 +26,11 @@ SAMPLERS = {"tpe": ("n_startup_trials", "n_ei_candidates", "multivariate", "cons
             "random": (), "gp": ("n_startup_trials", "deterministic_objective")}
 METRICS = ("val_loss", "params", "bleu", "chrf", "gap")
 TOP_KEYS = {"name", "description", "direction", "directions", "metric", "metrics", "n_trials", "timeout",
-            "train", "space", "anchor", "pruner", "sampler", "criteria", "constraint", "demo"}
+            "train", "space", "anchor", "pruner", "sampler", "criteria", "constraint", "demo", "encoder_init"}
+# The one [space] name that is not a TrainConfig field: which encoder a trial starts from (search/space.py
+# maps each arm to encoder_init / freeze_encoder / encoder_lr_scale).
+ENCODER_PARAM = "encoder"
+ENCODER_ARMS = ("scratch", "pretrained-frozen", "random-frozen", "pretrained-finetuned")
 
 
 class SpecError(UserError):
@@ -67,6 +71,11 @@ class StudySpec:
     demo: dict
     raw: dict = field(repr=False, default_factory=dict)
     source: str = ""
+    encoder_init: str = ""  # the study's pretrained encoder file (top-level key), for the `encoder` arms
+
+    @property
+    def encoder_arms(self) -> tuple[str, ...]:
+        return next((p.choices for p in self.space if p.name == ENCODER_PARAM), ())
 
     @property
     def multi_objective(self) -> bool:
@@ -109,6 +118,8 @@ def _no_unknown(table: dict, allowed, where: str) -> None:
 
 def _param(name: str, t: dict, types_: dict, where: str) -> Param:
     w = f"{where} [space.{name}]"
+    if name == ENCODER_PARAM:
+        return _encoder_param(t, w)
     if name not in types_:
         raise SpecError(f"{where}: [space] key {name!r} is not a TrainConfig field")
     if not isinstance(t, dict):
@@ -143,7 +154,22 @@ def _param(name: str, t: dict, types_: dict, where: str) -> Param:
                  step, log)
 
 
+def _encoder_param(t, w: str) -> Param:
+    if not isinstance(t, dict) or t.get("type") != "categorical":
+        raise SpecError(f"{w}: must be {{type = \"categorical\", choices = [...]}} over {', '.join(ENCODER_ARMS)}")
+    _no_unknown(t, {"type", "choices"}, w)
+    choices = _take(t, "choices", list, w, required=True)
+    bad = [c for c in choices if c not in ENCODER_ARMS]
+    if not choices or bad:
+        raise SpecError(f"{w}: choices must be among {', '.join(ENCODER_ARMS)}, got {bad[0] if bad else 'none'!r}")
+    return Param(ENCODER_PARAM, "categorical", choices=tuple(choices))
+
+
 def _check_value(name: str, value, typ: type, where: str):
+    if name == ENCODER_PARAM:
+        if value not in ENCODER_ARMS:
+            raise SpecError(f"{where}: encoder must be one of {', '.join(ENCODER_ARMS)}, got {value!r}")
+        return value
     try:
         return coerce(name, value, typ, where)
     except ConfigError as exc:
@@ -205,7 +231,7 @@ def parse(raw: dict, source: str) -> StudySpec:
     for k, v in anchor_params.items():
         if k not in space:
             raise SpecError(f"{source} [anchor.params]: {k!r} is not a [space] parameter")
-        _check_value(k, v, types_[k], f"{source} [anchor.params]")
+        _check_value(k, v, types_.get(k, str), f"{source} [anchor.params]")
     missing = [k for k in space if anchor_params and k not in anchor_params]
     if missing:
         raise SpecError(f"{source} [anchor.params]: missing {missing[0]!r}; the anchor must fix every [space] parameter")
@@ -231,6 +257,7 @@ def parse(raw: dict, source: str) -> StudySpec:
     _no_unknown(constraint, {"max_gap"}, f"{source} [constraint]")
     max_gap = _take(constraint, "max_gap", (int, float), f"{source} [constraint]")
 
+    encoder_init = _take(raw, "encoder_init", str, source, default="")
     demo = _take(raw, "demo", dict, source, default={})
     _no_unknown(demo, {"n_trials", "timeout", "train", "pruner"}, f"{source} [demo]")
     if demo:
@@ -244,7 +271,7 @@ def parse(raw: dict, source: str) -> StudySpec:
                      space=tuple(space.values()), anchor_name=anchor_name, anchor_params=dict(anchor_params),
                      pruner=pruner, sampler=sampler, criteria=Criteria(**{k: float(v) for k, v in crit.items()}),
                      max_gap=float(max_gap) if max_gap is not None else None, demo=dict(demo), raw=raw,
-                     source=source)
+                     source=source, encoder_init=encoder_init)
 
 
 def find_study_file(name: str, cwd: Path | None = None) -> Path:

@@ -23,6 +23,7 @@ from how2sign.evaluate import evaluate_checkpoint
 from how2sign.train import NonFiniteLoss, train
 
 from .artifacts import note_anchor, open_store, record_trial
+from .pretrained import check_study_encoder
 from .space import config_from_trial
 from .storage import heartbeat_settings, set_user_attrs
 from .study import BudgetGate, FingerprintMismatch, Opened, load_stored
@@ -237,6 +238,7 @@ def run_worker(settings: WorkerSettings, log=None) -> dict:
         raise FingerprintMismatch(
             f"data {settings.data_root} has fingerprint {data.fingerprint[:12]}, but study {settings.study!r} "
             f"was created on {opened.fingerprint[:12]}; every worker must use the same data")
+    check_study_encoder(opened.spec, settings.data_root)  # a missing encoder file: refused before any trial
     # Our own line per trial says why it failed; Optuna's would add a traceback each time.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     stop = StopFlag()
