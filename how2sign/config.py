@@ -77,6 +77,9 @@ class TrainConfig:
                     "weight_decay", "grad_clip", "min_delta"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be >= 0, got {getattr(self, key)}")
+        for key in ("aug_speed", "aug_scale"):  # the rule features.augment applies to its speed and scale
+            if getattr(self, key) >= 1.0:
+                raise ConfigError(f"{key} must be < 1, got {getattr(self, key)}")
 
     @property
     def total_epochs(self) -> int:

@@ -48,6 +48,11 @@ class TrainResult:
     out_dir: str
     resumed_from_epoch: int | None
     history: list[dict] = field(default_factory=list)
+    # Where this process's time went (resumed epochs excluded): the training loop, the validation loss,
+    # and writing checkpoints and metrics.json.
+    seconds_train: float = 0.0
+    seconds_validate: float = 0.0
+    seconds_checkpoint: float = 0.0
 
     @property
     def best_checkpoint(self) -> Path:
@@ -165,6 +170,7 @@ def train(
     meta = {"params": params, "device": str(dev), "fingerprint": fingerprint,
             "train_config": cfg.to_dict(), "model_config": model.cfg.to_dict()}
     t_start, frames_done, train_seconds = time.perf_counter(), 0, 0.0
+    validate_seconds = checkpoint_seconds = 0.0
     interrupted = stopped_early = False
     bar = _Progress(progress, cfg.total_epochs, state["epoch"])
     try:
@@ -199,14 +205,17 @@ def train(
                 raise NonFiniteLoss(f"train loss is {train_loss} at epoch {epoch}")
             seconds = time.perf_counter() - t0
             val_loss = evaluate_loss(model, val_batcher, dev, dtype)
+            seconds_validate = time.perf_counter() - t0 - seconds
             if not math.isfinite(val_loss):
                 raise NonFiniteLoss(f"validation loss is {val_loss} at epoch {epoch}")
             lr = opt.param_groups[0]["lr"]
             sched.step() if cfg.scheduler == "cosine" else sched.step(val_loss)
             frames_done += frames
             train_seconds += seconds
+            validate_seconds += seconds_validate
             record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": lr,
-                      "seconds": seconds, "frames_per_second": frames / max(seconds, 1e-9)}
+                      "seconds": seconds, "seconds_validate": seconds_validate,
+                      "frames_per_second": frames / max(seconds, 1e-9)}
             state["history"].append(record)
             state["epoch"] = epoch
             improved = val_loss < state["best_val_loss"] - cfg.min_delta
@@ -218,10 +227,12 @@ def train(
                   "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
                   "rng_torch": torch.get_rng_state(),
                   "rng_cuda": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None}
+            t_ck = time.perf_counter()
             checkpoint.save(out / checkpoint.LAST, ck)
             if improved:
                 checkpoint.save(out / checkpoint.BEST, ck)
             write_metrics(out, meta, state)
+            checkpoint_seconds += time.perf_counter() - t_ck
             bar.end_epoch(record, state["best_val_loss"])
             if on_epoch:
                 on_epoch(record)
@@ -241,6 +252,7 @@ def train(
         epochs_run=state["epoch"], params=params, stopped_early=stopped_early, interrupted=interrupted,
         seconds=time.perf_counter() - t_start, frames_per_second=frames_done / max(train_seconds, 1e-9),
         device=str(dev), out_dir=str(out), resumed_from_epoch=resumed_from, history=state["history"],
+        seconds_train=train_seconds, seconds_validate=validate_seconds, seconds_checkpoint=checkpoint_seconds,
     )
 
 
