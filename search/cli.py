@@ -47,9 +47,12 @@ def command(fn):
         try:
             return fn(*args, **kwargs)
         except user_errors() as exc:
+            from rich.markup import escape
+
             from .storage import mask_password
 
-            err.print(f"[bold red]error:[/] {mask_password(str(exc))}", highlight=False, markup=True)
+            # Escaped: a message's "[space.aug_speed]" names a key, it is not rich markup.
+            err.print(f"[bold red]error:[/] {escape(mask_password(str(exc)))}", highlight=False, markup=True)
             raise typer.Exit(2) from None
 
     return wrapper

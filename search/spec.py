@@ -162,6 +162,12 @@ def _check_heads(space: dict[str, Param], train: TrainConfig, where: str) -> Non
         raise SpecError(f"{where}: [space] impossible: no d_model in {d_values} is divisible by any nhead in {h_values}")
 
 
+def _config_error(exc: ConfigError, where: str) -> SpecError:
+    """TrainConfig's own message, prefixed with the file and table unless it names them already."""
+    text = str(exc)
+    return SpecError(text if text.startswith(where.split(" ")[0]) else f"{where}: {text}")
+
+
 # d_model and nhead are checked together by _check_heads: a space may hold pairs that do not divide (such a
 # trial fails with its reason), as long as some pair does.
 _CHECKED_TOGETHER = ("d_model", "nhead")
@@ -173,7 +179,7 @@ def _check_reachable(space: dict[str, Param], train: dict, anchor: dict, where: 
     try:
         TrainConfig.from_dict({**train, **anchor}, f"{where} [anchor.params]")
     except ConfigError as exc:
-        raise SpecError(f"{where} [anchor.params]: {exc}") from None
+        raise _config_error(exc, f"{where} [anchor.params]") from None
     for p in space.values():
         if p.name in _CHECKED_TOGETHER:
             continue
@@ -256,7 +262,7 @@ def _demo(raw: dict, base: TrainConfig, source: str) -> dict:
         try:
             base.replace(_take(demo, "train", dict, f"{source} [demo]", default={}), f"{source}: [demo.train]")
         except ConfigError as exc:
-            raise SpecError(str(exc)) from None
+            raise _config_error(exc, f"{source}: [demo.train]") from None
         _take(demo, "n_trials", int, f"{source} [demo]")
     return dict(demo)
 
@@ -276,7 +282,7 @@ def parse(raw: dict, source: str) -> StudySpec:
     try:
         base = TrainConfig.from_dict(train_table, f"{source}: [train]")
     except ConfigError as exc:
-        raise SpecError(str(exc)) from None
+        raise _config_error(exc, f"{source}: [train]") from None
     types_ = TrainConfig.field_types()
     space_table = _take(raw, "space", dict, source, default={})
     space = {n: _param(n, t, types_, source) for n, t in space_table.items()}
