@@ -20,7 +20,7 @@ those calls; the heartbeat thread's calls run beside the training and are report
 
 Projection for a 30 s trial: the storage time per trial splits into a fixed part and a per-epoch part
 (report, should_prune; one write per epoch); a 30 s trial is shown with the same epochs as measured and with
-30 epochs of 1 s. Target (DESIGN section 8): <= 2% for a 30 s trial. The peak and mean number of
+30 epochs of 1 s. Target (docs/architecture.md, benchmarks): <= 2% for a 30 s trial. The peak and mean number of
 connections to the database (pg_stat_activity) are printed too.
 
     python benchmarks/storage.py [--quick] [--objective gpu-like|tiny|both] [--workers 8] [--epochs 3]

@@ -131,6 +131,7 @@ def train(
 
     resume: True resumes from out_dir/last_checkpoint.pt when it exists; a path resumes from that file.
     report(epoch, val_loss) runs after each epoch's checkpoints are written; exceptions it raises propagate.
+    on_epoch(record) gets each epoch's history record plus `seconds_validate`, before report.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -214,8 +215,7 @@ def train(
             train_seconds += seconds
             validate_seconds += seconds_validate
             record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": lr,
-                      "seconds": seconds, "seconds_validate": seconds_validate,
-                      "frames_per_second": frames / max(seconds, 1e-9)}
+                      "seconds": seconds, "frames_per_second": frames / max(seconds, 1e-9)}
             state["history"].append(record)
             state["epoch"] = epoch
             improved = val_loss < state["best_val_loss"] - cfg.min_delta
@@ -234,8 +234,8 @@ def train(
             write_metrics(out, meta, state)
             checkpoint_seconds += time.perf_counter() - t_ck
             bar.end_epoch(record, state["best_val_loss"])
-            if on_epoch:
-                on_epoch(record)
+            if on_epoch:  # with this epoch's validation time, which metrics.json does not keep
+                on_epoch({**record, "seconds_validate": seconds_validate})
             if report:
                 report(epoch, val_loss)
             if state["bad_epochs"] >= cfg.patience and not (cfg.train_fraction < 1.0 and epoch == cfg.epochs):

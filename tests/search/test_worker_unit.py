@@ -222,3 +222,25 @@ def test_run_worker_returns_a_result_and_leaves_the_settings_alone(tmp_path, cor
     assert isinstance(res, WorkerResult) and res.ran == 2 and res["ran"] == 2
     assert res.states == {"COMPLETE": 2} and res.stopped is None
     assert joined == [0] and res.worker_index == 0 and settings.worker_index is None
+
+
+def test_status_shows_where_the_time_went(tmp_path):
+    from rich.console import Console
+
+    from search.summary import summarize
+    from search.views import status_view
+
+    spec = spec_for(tmp_path)
+    study, runner = make_runner(tmp_path, spec, FakeTraining())
+    study.optimize(runner, n_trials=2)
+    s = summarize(study)
+    t = s["time"]
+    recs = [TrialRecord.read(x) for x in study.trials]
+    assert t["trials"] == 2 and t["seconds"] == pytest.approx(sum(r.seconds for r in recs))
+    assert t["train"] == pytest.approx(sum(r.seconds_train for r in recs))
+    assert sum(t["shares"].values()) == pytest.approx(1.0)
+    assert all(k in s["best"][0] for k in PARTS)
+    console = Console(record=True, width=200)
+    console.print(status_view(s))
+    line = next(x for x in console.export_text().splitlines() if x.startswith("time: "))
+    assert "in 2 finished trial(s): train " in line and "validate" in line and "other" in line
