@@ -112,7 +112,7 @@ def create_or_load(url: str | None, spec: StudySpec, fingerprint: str, data_desc
                     raise FingerprintMismatch(
                         f"study {spec.name!r} was created on data with fingerprint {str(stored)[:12]}, "
                         f"this data has {fingerprint[:12]}; use the same data or another study name")
-                spec = parse(record.spec, f"study {spec.name!r} in {u.masked}")
+                spec = parse(record.spec or {}, f"study {spec.name!r} in {u.masked}")
                 if n_trials is not None:
                     StudyRecord(budget=n_trials).write(study)
             enqueued = False
