@@ -14,19 +14,22 @@ $H2S_ARTIFACTS, then ./h2s-artifacts. `h2s-search dashboard --artifacts` resolve
 from __future__ import annotations
 
 import csv
-import json
 import os
 from pathlib import Path
 
+from how2sign.run_metrics import METRICS, RunMetrics
+
 from .diagnosis import Diagnosis, diagnose
+from .records import TrialRecord
 
 __all__ = ["ARTIFACTS_ENV", "LEARNING_CURVE", "METRICS", "TRANSLATIONS", "anchor_note", "artifact_root",
-           "learning_curve_png", "note_anchor", "open_store", "record_trial", "study_note", "translations_csv",
+           "learning_curve_png", "note_anchor", "open_store", "record_trial", "study_note",
+           "translations_csv",
            "write_study_note"]
 
 ARTIFACTS_ENV = "H2S_ARTIFACTS"
 DEFAULT_FOLDER = "h2s-artifacts"
-LEARNING_CURVE, TRANSLATIONS, METRICS = "learning_curve.png", "translations.csv", "metrics.json"
+LEARNING_CURVE, TRANSLATIONS = "learning_curve.png", "translations.csv"
 SAMPLE_SIZE = 50  # validation translations per trial, evenly spread over the split
 
 
@@ -120,31 +123,31 @@ def write_study_note(study, spec) -> None:
     save_note(study, study_note(spec))
 
 
-def anchor_note(name: str, params: dict, attrs: dict | None = None) -> str:
+def anchor_note(name: str, params: dict, result: TrialRecord | None = None) -> str:
     rows = "\n".join(f"| {k} | {v} |" for k, v in params.items())
     text = (f"## Anchor: {name.upper()}\n\nThis is the study's **anchor trial** (user attributes `anchor` = true, "
             f"`anchor_name` = `{name}`): the researcher's hand-tuned {name.upper()} setting, enqueued once as "
             f"the reference that every other trial is compared with.\n\n| parameter | value |\n|---|---|\n{rows}\n")
-    if attrs:
-        def fmt(k, spec):
-            v = attrs.get(k)
+    if result is not None:  # read from the trial: absent attributes are None
+        def fmt(v, spec):
             return "-" if v is None else format(v, spec) if isinstance(v, int | float) else str(v)
 
-        text += (f"\n**Result:** validation loss {fmt('val_loss', '.4f')}, gap {fmt('gap', '.3f')}, "
-                 f"BLEU {fmt('bleu', '.2f')}, verdict {fmt('verdict', '')}, "
-                 f"{fmt('params', ',')} parameters.\n\n**Diagnosis:** {fmt('diagnosis', '')}\n")
+        r = result
+        text += (f"\n**Result:** validation loss {fmt(r.val_loss, '.4f')}, gap {fmt(r.gap, '.3f')}, "
+                 f"BLEU {fmt(r.bleu, '.2f')}, verdict {fmt(r.verdict, '')}, "
+                 f"{fmt(r.n_params, ',')} parameters.\n\n**Diagnosis:** {fmt(r.diagnosis, '')}\n")
     return text
 
 
 def note_anchor(trial, params: dict | None = None) -> None:
     """Write (or rewrite, with results) the anchor trial's dashboard note; no-op for other trials."""
-    attrs = trial.user_attrs
-    if attrs.get("anchor") is not True:
+    record = TrialRecord.read(trial)
+    if record.anchor is not True:
         return
     from optuna_dashboard import save_note
 
-    done = attrs if "diagnosis" in attrs else None
-    save_note(trial, anchor_note(str(attrs.get("anchor_name") or "anchor"), params or trial.params, done))
+    done = record if record.diagnosis is not None else None
+    save_note(trial, anchor_note(str(record.anchor_name or "anchor"), params or trial.params, done))
 
 
 # --------------------------------------------------------------------------- the worker's hook
@@ -157,18 +160,14 @@ def record_trial(trial, run_dir: Path, store, *, history: list[dict] | None = No
     fatal: the trial's result matters more than its pictures.
     """
     run_dir = Path(run_dir)
-    metrics = run_dir / METRICS
     if history is None:
-        try:
-            history = json.loads(metrics.read_text())["epochs"]
-        except (OSError, ValueError, KeyError):
-            history = []
+        metrics = RunMetrics.read(run_dir)
+        history = metrics.history if metrics else []
     diag = diagnose(history, lr_min=lr_min)
-    attrs = diag.attrs(pruned)
-    for k, v in attrs.items():
-        trial.set_user_attr(k, v)
+    record = diag.record(pruned)
+    record.write(trial)
     try:
-        upload_trial_artifacts(trial, run_dir, store, history, samples, f"trial {trial.number}: {attrs['diagnosis']}")
+        upload_trial_artifacts(trial, run_dir, store, history, samples, f"trial {trial.number}: {record.diagnosis}")
         note_anchor(trial)
     except Exception as exc:  # artifacts are a side output: the trial goes on
         log(f"trial {trial.number}: artifacts not uploaded ({type(exc).__name__}: {exc})")

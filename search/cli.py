@@ -47,9 +47,12 @@ def command(fn):
         try:
             return fn(*args, **kwargs)
         except user_errors() as exc:
+            from rich.markup import escape
+
             from .storage import mask_password
 
-            err.print(f"[bold red]error:[/] {mask_password(str(exc))}", highlight=False, markup=True)
+            # Escaped: a message's "[space.aug_speed]" names a key, it is not rich markup.
+            err.print(f"[bold red]error:[/] {escape(mask_password(str(exc)))}", highlight=False, markup=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -275,6 +278,19 @@ def start(
         raise typer.Exit(1)
 
 
+class _WorkerLog:
+    """A worker's lines on stderr, prefixed with its number (which the study may hand out only once loaded)."""
+
+    def __init__(self, index: int | None):
+        self.index = index
+
+    def joined(self, index: int) -> None:
+        self.index = index
+
+    def __call__(self, msg: str) -> None:
+        err.print(f"worker {self.index}: {msg}", highlight=False)
+
+
 @app.command()
 @command
 def worker(
@@ -298,10 +314,10 @@ def worker(
     settings = WorkerSettings(study=study, storage=storage, data_root=choice.root, device=device,
                               n_trials=n_trials, checkpoint_dir=checkpoint_dir, worker_index=worker_index,
                               artifact_dir=artifact_dir)
-    res = run_worker(settings, log=lambda m: err.print(f"worker {settings.worker_index}: {m}", highlight=False))
-    worker_index = settings.worker_index
-    err.print(f"worker {worker_index}: ran {res['ran']} trial(s)"
-              + (f", stopped by {res['stopped']}" if res["stopped"] else ""), highlight=False)
+    log = _WorkerLog(worker_index)
+    res = run_worker(settings, log=log, joined=log.joined)
+    err.print(f"worker {res.worker_index}: ran {res.ran} trial(s)"
+              + (f", stopped by {res.stopped}" if res.stopped else ""), highlight=False)
 
 
 @app.command()

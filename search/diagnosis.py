@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .records import TrialRecord
+
 __all__ = ["COLLAPSE_RATIO", "Diagnosis", "diagnose"]
 
 # Validation loss within this fraction of its minimum counts as "not improving any more": a plateau
@@ -57,10 +59,14 @@ class Diagnosis:
             parts.append(f"learning rate collapsed to {self.lr_lowest:.0e} by epoch {self.lr_collapse_epoch}")
         return "; ".join(parts)
 
+    def record(self, pruned: bool = False) -> TrialRecord:
+        """What the diagnosis adds to a trial's record."""
+        return TrialRecord(overfit_epoch=self.overfit_epoch, final_gap=self.final_gap,
+                           lr_collapsed=self.lr_collapsed, diagnosis=self.text(pruned))
+
     def attrs(self, pruned: bool = False) -> dict:
-        """The trial user attributes (new names; DESIGN §6.4's names are untouched)."""
-        return {"overfit_epoch": self.overfit_epoch, "final_gap": self.final_gap,
-                "lr_collapsed": self.lr_collapsed, "diagnosis": self.text(pruned)}
+        """The same as stored user attributes (docs/architecture.md lists them)."""
+        return self.record(pruned).attrs()
 
 
 def diagnose(history: list[dict], lr_min: float | None = None) -> Diagnosis:

@@ -1,4 +1,4 @@
-"""What a trial records in the study: one typed schema, and the only module that spells the attribute names.
+"""What a trial and a study record: one typed schema each, and the only module that spells the attribute names.
 
 Scripts, the report and optuna-dashboard read these user attributes, so their stored names are a contract
 (docs/architecture.md lists them). Code uses the field names; `n_params` is stored as `params`, the name the
@@ -33,6 +33,18 @@ UNSET: Any = _Unset()
 
 # Field name -> stored user-attribute name, where the two differ.
 STORED_AS = {"n_params": "params"}
+STUDY_STORED_AS = {"budget": "n_trials"}
+
+
+def _attrs(record, stored_as: dict) -> dict[str, Any]:
+    """The set fields of a record under their stored names; non-finite floats become None (JSON has no NaN)."""
+    out = {}
+    for f in fields(record):
+        value = getattr(record, f.name)
+        if value is UNSET:
+            continue
+        out[stored_as.get(f.name, f.name)] = None if isinstance(value, float) and not math.isfinite(value) else value
+    return out
 
 
 @dataclass(frozen=True)
@@ -90,13 +102,7 @@ class TrialRecord:
 
     def attrs(self) -> dict[str, Any]:
         """The set fields under their stored names; non-finite floats become None (JSON has no NaN)."""
-        out = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if value is UNSET:
-                continue
-            out[self.stored_name(f.name)] = None if isinstance(value, float) and not math.isfinite(value) else value
-        return out
+        return _attrs(self, STORED_AS)
 
     def write(self, trial) -> None:
         """Store the set fields on a live trial, in one database transaction where the storage allows it."""
@@ -119,3 +125,38 @@ class TrialRecord:
 def stored_names() -> tuple[str, ...]:
     """Every user-attribute name a trial may carry, as stored."""
     return tuple(TrialRecord.stored_name(f.name) for f in fields(TrialRecord))
+
+
+@dataclass(frozen=True)
+class StudyRecord:
+    """A study's user attributes: its definition, data and budget, as `start` stored them.
+
+    Workers rebuild the study from these, never from a local file. Fields left UNSET are not written.
+    """
+
+    spec: dict | None = UNSET            # the parsed study file (search.spec.parse reads it back)
+    fingerprint: str | None = UNSET      # the dataset's fingerprint; every worker must have the same data
+    budget: int | None = UNSET           # trials the study runs, across all workers; stored as `n_trials`
+    data: str | None = UNSET             # a description of the data the study was created on
+    h2s_version: str | None = UNSET
+    optuna_version: str | None = UNSET
+    anchor_note: str | None = UNSET      # says which trial is the anchor, for people reading the attributes
+
+    def attrs(self) -> dict[str, Any]:
+        return _attrs(self, STUDY_STORED_AS)
+
+    def write(self, study) -> None:
+        """Store the set fields on a study (Optuna writes a study's attributes one at a time)."""
+        for name, value in self.attrs().items():
+            study.set_user_attr(name, value)
+
+    @classmethod
+    def read(cls, study) -> StudyRecord:
+        """From a Study (or anything with user_attrs); attributes the study lacks read as None."""
+        attrs = study.user_attrs
+        return cls(**{f.name: attrs.get(STUDY_STORED_AS.get(f.name, f.name)) for f in fields(cls)})
+
+
+def study_stored_names() -> tuple[str, ...]:
+    """Every user-attribute name a study may carry, as stored."""
+    return tuple(STUDY_STORED_AS.get(f.name, f.name) for f in fields(StudyRecord))

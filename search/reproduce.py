@@ -11,6 +11,7 @@ from how2sign.batches import TrainData
 from how2sign.train import train
 
 from .errors import UserError
+from .records import TrialRecord
 from .space import config_from_trial
 from .study import FingerprintMismatch, load_stored
 
@@ -22,8 +23,8 @@ def reproduce(study: str, number: int, *, storage: str | None, data_root: Path, 
     if not match:
         raise UserError(f"study {study!r} has no trial {number}")
     t = match[0]
-    recorded = t.user_attrs.get("val_loss")
-    epochs = t.user_attrs.get("epochs_run")
+    record = TrialRecord.read(t)
+    recorded, epochs = record.val_loss, record.epochs_run
     if recorded is None or not epochs:
         raise UserError(f"trial {number} of {study!r} recorded no validation loss (state {t.state.name})")
     cfg = config_from_trial(optuna.trial.FixedTrial(t.params, number=number), opened.spec)

@@ -188,11 +188,38 @@ def _check_heads(space: dict[str, Param], train: TrainConfig, where: str) -> Non
         raise SpecError(f"{where}: [space] impossible: no d_model in {d_values} is divisible by any nhead in {h_values}")
 
 
-def parse(raw: dict, source: str) -> StudySpec:
-    """Validate a study definition (a TOML document as a dict)."""
-    _no_unknown(raw, TOP_KEYS, source)
-    name = _take(raw, "name", str, source, required=True)
-    description = _take(raw, "description", str, source, default="")
+def _config_error(exc: ConfigError, where: str) -> SpecError:
+    """TrainConfig's own message, prefixed with the file and table unless it names them already."""
+    text = str(exc)
+    return SpecError(text if text.startswith(where.split(" ")[0]) else f"{where}: {text}")
+
+
+# d_model and nhead are checked together by _check_heads: a space may hold pairs that do not divide (such a
+# trial fails with its reason), as long as some pair does.
+_CHECKED_TOGETHER = ("d_model", "nhead")
+
+
+def _check_reachable(space: dict[str, Param], train: dict, anchor: dict, where: str) -> None:
+    """Refuse a space that can reach a value TrainConfig rejects: each parameter's ends (or each choice),
+    with the rest of the configuration as [train] and the anchor set it."""
+    anchor = {k: v for k, v in anchor.items() if k != ENCODER_PARAM}  # the arms set fixed, legal fields
+    try:
+        TrainConfig.from_dict({**train, **anchor}, f"{where} [anchor.params]")
+    except ConfigError as exc:
+        raise _config_error(exc, f"{where} [anchor.params]") from None
+    for p in space.values():
+        if p.name in _CHECKED_TOGETHER or p.name == ENCODER_PARAM:
+            continue
+        for value in p.values():
+            try:
+                TrainConfig.from_dict({**train, **anchor, p.name: value}, f"{where} [space.{p.name}]")
+            except ConfigError as exc:
+                raise SpecError(f"{where} [space.{p.name}]: the space reaches {p.name} = {value!r}, which "
+                                f"TrainConfig refuses: {exc}") from None
+
+
+def _objectives(raw: dict, source: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(directions, metrics): `direction`/`metric` for one objective, `directions`/`metrics` for several."""
     if "directions" in raw or "metrics" in raw:
         directions = tuple(_take(raw, "directions", list, source, required=True))
         metrics = tuple(_take(raw, "metrics", list, source, required=True))
@@ -207,21 +234,11 @@ def parse(raw: dict, source: str) -> StudySpec:
     for m in metrics:
         if m not in METRICS:
             raise SpecError(f"{source}: metric must be one of {', '.join(METRICS)}, got {m!r}")
-    n_trials = _take(raw, "n_trials", int, source, default=20)
-    if n_trials < 1:
-        raise SpecError(f"{source}: n_trials must be >= 1")
-    timeout = _take(raw, "timeout", (int, float), source)
+    return directions, metrics
 
-    train_table = _take(raw, "train", dict, source, default={})
-    try:
-        base = TrainConfig.from_dict(train_table, f"{source}: [train]")
-    except ConfigError as exc:
-        raise SpecError(str(exc)) from None
-    types_ = TrainConfig.field_types()
-    space_table = _take(raw, "space", dict, source, default={})
-    space = {n: _param(n, t, types_, source) for n, t in space_table.items()}
-    _check_heads(space, base, source)
 
+def _anchor(raw: dict, space: dict[str, Param], types_: dict, source: str) -> tuple[str, dict]:
+    """(anchor name, anchor params): the anchor must fix every [space] parameter to an allowed value."""
     anchor = _take(raw, "anchor", dict, source, default={})
     _no_unknown(anchor, {"name", "params"}, f"{source} [anchor]")
     anchor_name = _take(anchor, "name", str, f"{source} [anchor]", default="")
@@ -235,20 +252,26 @@ def parse(raw: dict, source: str) -> StudySpec:
     missing = [k for k in space if anchor_params and k not in anchor_params]
     if missing:
         raise SpecError(f"{source} [anchor.params]: missing {missing[0]!r}; the anchor must fix every [space] parameter")
+    return anchor_name, dict(anchor_params)
 
+
+def _pruner_and_sampler(raw: dict, multi_objective: bool, source: str) -> tuple[dict, dict]:
     pruner = dict(_take(raw, "pruner", dict, source, default={"type": "none"}))
     ptype = _take(pruner, "type", str, f"{source} [pruner]", default="none")
     if ptype not in PRUNERS:
         raise SpecError(f"{source} [pruner]: type must be one of {', '.join(PRUNERS)}, got {ptype!r}")
     _no_unknown(pruner, {"type", *PRUNERS[ptype]}, f"{source} [pruner]")
-    if len(directions) > 1 and ptype != "none":
+    if multi_objective and ptype != "none":
         raise SpecError(f"{source} [pruner]: Optuna cannot prune multi-objective studies; set type = \"none\"")
     sampler = dict(_take(raw, "sampler", dict, source, default={"type": "tpe"}))
     stype = _take(sampler, "type", str, f"{source} [sampler]", default="tpe")
     if stype not in SAMPLERS:
         raise SpecError(f"{source} [sampler]: type must be one of {', '.join(SAMPLERS)}, got {stype!r}")
     _no_unknown(sampler, {"type", "seed", *SAMPLERS[stype]}, f"{source} [sampler]")
+    return pruner, sampler
 
+
+def _criteria_and_gap(raw: dict, source: str) -> tuple[Criteria, float | None]:
     crit = _take(raw, "criteria", dict, source, default={})
     _no_unknown(crit, Criteria.names(), f"{source} [criteria]")
     for k in crit:
@@ -256,21 +279,52 @@ def parse(raw: dict, source: str) -> StudySpec:
     constraint = _take(raw, "constraint", dict, source, default={})
     _no_unknown(constraint, {"max_gap"}, f"{source} [constraint]")
     max_gap = _take(constraint, "max_gap", (int, float), f"{source} [constraint]")
+    return Criteria(**{k: float(v) for k, v in crit.items()}), float(max_gap) if max_gap is not None else None
 
-    encoder_init = _take(raw, "encoder_init", str, source, default="")
+
+def _demo(raw: dict, base: TrainConfig, source: str) -> dict:
     demo = _take(raw, "demo", dict, source, default={})
     _no_unknown(demo, {"n_trials", "timeout", "train", "pruner"}, f"{source} [demo]")
     if demo:
         try:
             base.replace(_take(demo, "train", dict, f"{source} [demo]", default={}), f"{source}: [demo.train]")
         except ConfigError as exc:
-            raise SpecError(str(exc)) from None
+            raise _config_error(exc, f"{source}: [demo.train]") from None
         _take(demo, "n_trials", int, f"{source} [demo]")
+    return dict(demo)
+
+
+def parse(raw: dict, source: str) -> StudySpec:
+    """Validate a study definition (a TOML document as a dict)."""
+    _no_unknown(raw, TOP_KEYS, source)
+    name = _take(raw, "name", str, source, required=True)
+    description = _take(raw, "description", str, source, default="")
+    directions, metrics = _objectives(raw, source)
+    n_trials = _take(raw, "n_trials", int, source, default=20)
+    if n_trials < 1:
+        raise SpecError(f"{source}: n_trials must be >= 1")
+    timeout = _take(raw, "timeout", (int, float), source)
+
+    train_table = _take(raw, "train", dict, source, default={})
+    try:
+        base = TrainConfig.from_dict(train_table, f"{source}: [train]")
+    except ConfigError as exc:
+        raise _config_error(exc, f"{source}: [train]") from None
+    types_ = TrainConfig.field_types()
+    space_table = _take(raw, "space", dict, source, default={})
+    space = {n: _param(n, t, types_, source) for n, t in space_table.items()}
+    _check_heads(space, base, source)
+    anchor_name, anchor_params = _anchor(raw, space, types_, source)
+    _check_reachable(space, train_table, anchor_params, source)
+
+    pruner, sampler = _pruner_and_sampler(raw, len(directions) > 1, source)
+    criteria, max_gap = _criteria_and_gap(raw, source)
+    demo = _demo(raw, base, source)
+    encoder_init = _take(raw, "encoder_init", str, source, default="")
     return StudySpec(name=name, description=description, directions=directions, metrics=metrics,
                      n_trials=n_trials, timeout=float(timeout) if timeout else None, train=dict(train_table),
-                     space=tuple(space.values()), anchor_name=anchor_name, anchor_params=dict(anchor_params),
-                     pruner=pruner, sampler=sampler, criteria=Criteria(**{k: float(v) for k, v in crit.items()}),
-                     max_gap=float(max_gap) if max_gap is not None else None, demo=dict(demo), raw=raw,
+                     space=tuple(space.values()), anchor_name=anchor_name, anchor_params=anchor_params,
+                     pruner=pruner, sampler=sampler, criteria=criteria, max_gap=max_gap, demo=demo, raw=raw,
                      source=source, encoder_init=encoder_init)
 
 

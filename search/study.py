@@ -17,10 +17,9 @@ from optuna.trial import TrialState
 from how2sign import __version__
 
 from .errors import UserError
+from .records import UNSET, StudyRecord, TrialRecord
 from .spec import StudySpec, parse
 from .storage import creation_lock, open_storage, parse_url, resolve_url, storage_errors
-
-ATTR_SPEC, ATTR_FINGERPRINT, ATTR_BUDGET, ATTR_DATA = "spec", "fingerprint", "n_trials", "data"
 
 
 class StudyNotFound(UserError):
@@ -80,7 +79,7 @@ def anchor_trials(study: optuna.Study) -> list:
     """Trials with anchor=true; a stale anchor that was re-queued is represented by its retry alone."""
     trials = study.get_trials(deepcopy=False)
     retried = retried_numbers(trials)
-    return [t for t in trials if t.user_attrs.get("anchor") is True and t.number not in retried]
+    return [t for t in trials if TrialRecord.read(t).anchor is True and t.number not in retried]
 
 
 def create_or_load(url: str | None, spec: StudySpec, fingerprint: str, data_desc: str = "",
@@ -97,32 +96,29 @@ def create_or_load(url: str | None, spec: StudySpec, fingerprint: str, data_desc
                 study = optuna.create_study(study_name=spec.name, storage=storage,
                                             directions=list(spec.directions))
                 study.set_metric_names(list(spec.metrics))
-                study.set_user_attr(ATTR_SPEC, spec.raw)
-                study.set_user_attr(ATTR_FINGERPRINT, fingerprint)
-                study.set_user_attr(ATTR_BUDGET, n_trials or spec.n_trials)
-                study.set_user_attr(ATTR_DATA, data_desc)
-                study.set_user_attr("h2s_version", __version__)
-                study.set_user_attr("optuna_version", optuna.__version__)
-                if spec.anchor_name:
-                    study.set_user_attr("anchor_note", f"Trial with user attribute anchor=true is the "
-                                        f"{spec.anchor_name} setting, enqueued once as the reference.")
+                note = (f"Trial with user attribute anchor=true is the {spec.anchor_name} setting, enqueued once "
+                        "as the reference.") if spec.anchor_name else UNSET
+                StudyRecord(spec=spec.raw, fingerprint=fingerprint, budget=n_trials or spec.n_trials,
+                            data=data_desc, h2s_version=__version__, optuna_version=optuna.__version__,
+                            anchor_note=note).write(study)
                 from .artifacts import write_study_note
 
                 write_study_note(study, spec)  # optuna-dashboard's study note: what the anchor is
             else:
                 study = optuna.load_study(study_name=spec.name, storage=storage)
-                stored = study.user_attrs.get(ATTR_FINGERPRINT)
+                record = StudyRecord.read(study)
+                stored = record.fingerprint
                 if stored != fingerprint:
                     raise FingerprintMismatch(
                         f"study {spec.name!r} was created on data with fingerprint {str(stored)[:12]}, "
                         f"this data has {fingerprint[:12]}; use the same data or another study name")
-                spec = parse(study.user_attrs[ATTR_SPEC], f"study {spec.name!r} in {u.masked}")
+                spec = parse(record.spec or {}, f"study {spec.name!r} in {u.masked}")
                 if n_trials is not None:
-                    study.set_user_attr(ATTR_BUDGET, n_trials)
+                    StudyRecord(budget=n_trials).write(study)
             enqueued = False
             if spec.anchor_name and not anchor_trials(study):
                 study.enqueue_trial(spec.anchor_params,
-                                    user_attrs={"anchor": True, "anchor_name": spec.anchor_name})
+                                    user_attrs=TrialRecord(anchor=True, anchor_name=spec.anchor_name).attrs())
                 enqueued = True
     return Opened(study, spec, fingerprint, created, enqueued, url)
 
@@ -144,12 +140,13 @@ def load_stored(url: str | None, name: str, *, worker_index: int | None = 0, hea
                                 + (f" (it has: {', '.join(names)})" if names else " (it has no studies)")
                                 + "; create it with h2s-search start")
         plain = optuna.load_study(study_name=name, storage=storage)
-        spec = parse(plain.user_attrs.get(ATTR_SPEC, {}), f"study {name!r} in {u.masked}")
+        record = StudyRecord.read(plain)
+        spec = parse(record.spec or {}, f"study {name!r} in {u.masked}")
         if worker_index is None:
             worker_index = _join(url, storage, name)
         study = optuna.load_study(study_name=name, storage=storage, sampler=build_sampler(spec, worker_index),
                                   pruner=build_pruner(spec))
-    return Opened(study, spec, plain.user_attrs.get(ATTR_FINGERPRINT, ""), False, False, url, worker_index)
+    return Opened(study, spec, record.fingerprint or "", False, False, url, worker_index)
 
 
 ATTR_JOINED = "h2s:workers_joined"
@@ -181,24 +178,49 @@ def budget_used(study: optuna.Study) -> tuple[int, int]:
     return len(counted), waiting
 
 
-class BudgetGate:
-    """Admits a new trial only while the study's budget has room: N trials exactly, across all workers.
+class Admission:
+    """The right to create one trial: it holds the study lock until `release()`.
 
-    `enter()` takes the study lock and checks the budget; the objective calls `release()` as its first
-    act, after Optuna has created (or popped) the trial, so the count and the creation are atomic.
+    The trial runner releases it as its first act, once Optuna has created (or popped) the trial, so that
+    counting the budget and creating the trial are atomic. `release(number)` also notes which trial it
+    admitted; releasing again is harmless (run_worker releases it after every turn, for a trial that never
+    started).
     """
+
+    def __init__(self, lock: contextlib.ExitStack):
+        self._lock: contextlib.ExitStack | None = lock
+        self._mutex = threading.Lock()
+        self.trial: int | None = None  # the number of the trial admitted, once released with it
+
+    def release(self, trial: int | None = None) -> None:
+        with self._mutex:
+            if trial is not None and self.trial is None:
+                self.trial = trial
+            if self._lock is not None:
+                self._lock.close()
+                self._lock = None
+
+    @property
+    def held(self) -> bool:
+        return self._lock is not None
+
+
+class BudgetGate:
+    """Admits a new trial only while the study's budget has room: N trials exactly, across all workers."""
 
     def __init__(self, opened: Opened):
         self.o = opened
-        self._lock: contextlib.ExitStack | None = None
-        self._mutex = threading.Lock()
-        self.last_trial: int | None = None  # the number of the trial admitted last (set by the objective)
 
-    def enter(self) -> bool:
+    def budget(self) -> int:
+        stored = StudyRecord.read(self.o.study).budget
+        return int(stored if stored is not None else self.o.spec.n_trials)
+
+    def enter(self) -> Admission | None:
+        """Take the study lock and check the budget: an Admission while there is room, else None (unlocked)."""
         stack = contextlib.ExitStack()
         stack.enter_context(creation_lock(self.o.url, self.o.spec.name, reconnect=True))
         try:
-            budget = int(self.o.study.user_attrs.get(ATTR_BUDGET, self.o.spec.n_trials))
+            budget = self.budget()
             used, waiting = budget_used(self.o.study)
             if used >= budget and waiting == 0 and self.running():
                 # A dead worker's trial must be failed and re-queued before we give up: Optuna does this only
@@ -211,15 +233,8 @@ class BudgetGate:
             raise
         if used >= budget and waiting == 0:
             stack.close()
-            return False
-        self._lock = stack
-        return True
-
-    def release(self) -> None:
-        with self._mutex:
-            if self._lock is not None:
-                self._lock.close()
-                self._lock = None
+            return None
+        return Admission(stack)
 
     def running(self) -> list[int]:
         """Numbers of RUNNING trials: with the budget spent, one of them may yet go stale and be re-queued."""

@@ -7,19 +7,27 @@ import datetime as dt
 import optuna
 from optuna.trial import TrialState
 
-from .study import ATTR_BUDGET, anchor_trials, budget_used
+from .records import StudyRecord, TrialRecord
+from .study import anchor_trials, budget_used
 
-ROW_ATTRS = ("params", "epochs_run", "best_epoch", "train_loss", "val_loss", "gap", "bleu", "chrf",
-             "vocab_coverage", "repetition_rate", "verdict", "device", "host", "seconds", "resumed_from_epoch",
-             "fail_reason")
+# A trial's record fields shown in status, best and start (as the keys of a row, n_params included).
+ROW_FIELDS = ("n_params", "epochs_run", "best_epoch", "train_loss", "val_loss", "gap", "bleu", "chrf",
+              "vocab_coverage", "repetition_rate", "verdict", "device", "host", "seconds", "seconds_train",
+              "seconds_validate", "seconds_evaluate", "seconds_other", "resumed_from_epoch", "fail_reason")
 
 
 def trial_row(t) -> dict:
+    r = TrialRecord.read(t)
     row = {"number": t.number, "state": t.state.name, "values": t.values, "params": t.params,
-           "anchor": bool(t.user_attrs.get("anchor")), "anchor_name": t.user_attrs.get("anchor_name")}
-    row.update({f"attr_{k}" if k == "params" else k: t.user_attrs.get(k) for k in ROW_ATTRS})
-    row["n_params"] = row.pop("attr_params")
+           "anchor": bool(r.anchor), "anchor_name": r.anchor_name}
+    row.update({name: getattr(r, name) for name in ROW_FIELDS})
     return row
+
+
+def epochs_done(t) -> int | None:
+    """Epochs a trial has finished: its record once it ends, its reported intermediate values while it runs."""
+    known = [n for n in (TrialRecord.read(t).epochs_run, max(t.intermediate_values, default=None)) if n is not None]
+    return max(known, default=None)
 
 
 def best_trials(study: optuna.Study) -> list:
@@ -36,27 +44,50 @@ def summarize(study: optuna.Study) -> dict:
         by_state[t.state.name] += 1
     used, waiting = budget_used(study)
     anchors = anchor_trials(study)
+    record = StudyRecord.read(study)
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     running = []
     for t in trials:
         if t.state == TrialState.RUNNING:
             start = t.datetime_start.replace(tzinfo=None) if t.datetime_start else None
-            running.append({"number": t.number, "host": t.user_attrs.get("host"), "device": t.user_attrs.get("device"),
-                            "epochs_run": t.user_attrs.get("epochs_run"), "anchor": bool(t.user_attrs.get("anchor")),
-                            "running_seconds": (now - start).total_seconds() if start else None})
+            r = TrialRecord.read(t)
+            running.append({"number": t.number, "host": r.host, "device": r.device, "epochs_run": epochs_done(t),
+                            "anchor": bool(r.anchor), "running_seconds": (now - start).total_seconds() if start else None})
     return {
         "study": study.study_name,
         "directions": [d.name.lower() for d in study.directions],
         "metrics": study.metric_names,
-        "budget": study.user_attrs.get(ATTR_BUDGET),
+        "budget": record.budget,
         "counted": used,
         "states": {k: v for k, v in by_state.items() if v},
         "best": [trial_row(t) for t in best_trials(study)],
         "anchor": trial_row(anchors[0]) if anchors else None,
         "running": running,
-        "fingerprint": study.user_attrs.get("fingerprint"),
+        "fingerprint": record.fingerprint,
         "waiting": waiting,
+        "time": time_split(trials),
     }
+
+
+TIME_PARTS = ("train", "validate", "evaluate", "other")
+
+
+def time_split(trials) -> dict:
+    """Where the finished trials' time went, summed: seconds, and each part's seconds and share of them."""
+    recs = [TrialRecord.read(t) for t in trials if t.state.is_finished()]
+    recs = [r for r in recs if r.seconds is not None and r.seconds_train is not None]
+    total = sum(r.seconds for r in recs)
+    parts = {p: sum(getattr(r, f"seconds_{p}") or 0.0 for r in recs) for p in TIME_PARTS}
+    return {"trials": len(recs), "seconds": total, **parts,
+            "shares": {p: v / total if total else None for p, v in parts.items()}}
+
+
+def time_line(t: dict) -> str | None:
+    """One line: "time: 812s in 9 trials: train 71%, validate 6%, evaluate 17%, other 6%"."""
+    if not t["trials"] or not t["seconds"]:
+        return None
+    shares = ", ".join(f"{p} {t['shares'][p]:.0%}" for p in TIME_PARTS)
+    return f"time: {t['seconds']:.0f}s in {t['trials']} finished trial(s): {shares}"
 
 
 def comparison_lines(s: dict) -> list[str]:

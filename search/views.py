@@ -7,7 +7,7 @@ from pathlib import Path
 from rich.console import Group
 from rich.table import Table
 
-from .summary import comparison_lines
+from .summary import comparison_lines, time_line
 
 STATE_ORDER = ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL")
 
@@ -29,6 +29,9 @@ def status_view(s: dict):
         parts.append(run)
     lines = comparison_lines(s)[1:]
     parts.extend(lines or ["no completed trial yet"])
+    time = time_line(s["time"]) if "time" in s else None
+    if time:
+        parts.append(time)
     return Group(*parts)
 
 

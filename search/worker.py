@@ -1,15 +1,21 @@
-"""The objective and the worker loop: train, report, prune, record; OOM/NaN handling; resume; clean stop."""
+"""The worker: a loop that admits trials against the study's budget, and the runner that carries each one out.
+
+A trial runs in six steps (TrialRunner: begin, config, resume, train, evaluate, finish). Pruning, an
+out-of-memory error, a NaN loss or a config error inside a trial end that trial with a reason; the worker
+goes on. A stop signal finishes the current trial cleanly. docs/architecture.md describes the flow.
+"""
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import NoReturn
 
 import optuna
 import torch
@@ -18,15 +24,18 @@ from optuna.trial import TrialState
 from how2sign import __version__
 from how2sign.batches import TrainData
 from how2sign.checkpoint import BEST, LAST, CheckpointError
+from how2sign.config import TrainConfig
 from how2sign.device import describe, free_memory, resolve_device
 from how2sign.evaluate import evaluate_checkpoint
-from how2sign.train import NonFiniteLoss, train
+from how2sign.run_metrics import RunMetrics
+from how2sign.train import NonFiniteLoss, TrainResult, TrainTimes, train
 
 from .artifacts import note_anchor, open_store, record_trial
 from .pretrained import check_study_encoder
+from .records import UNSET, TrialRecord
 from .space import config_from_trial
-from .storage import heartbeat_settings, set_user_attrs
-from .study import BudgetGate, FingerprintMismatch, Opened, load_stored
+from .storage import heartbeat_settings
+from .study import Admission, BudgetGate, FingerprintMismatch, Opened, load_stored
 
 CHECKPOINT_ENV = "H2S_CHECKPOINTS"
 
@@ -46,6 +55,19 @@ class WorkerSettings:
     worker_index: int | None = 0         # None: the study hands out the next number (see load_stored)
     quiet: bool = False
     artifact_dir: Path | None = None     # artifact store, shared like checkpoints; default ./h2s-artifacts
+
+
+@dataclass(frozen=True)
+class WorkerResult:
+    """What run_worker did: trials it ran, the signal that stopped it, the study's trials by state."""
+
+    ran: int
+    stopped: str | None
+    states: dict[str, int]
+    worker_index: int  # this worker's number in the study (the study's own when settings left it None)
+
+    def __getitem__(self, key: str):
+        return getattr(self, key)  # callers written for the dict this used to be: res["ran"]
 
 
 def checkpoint_root(settings: WorkerSettings) -> Path:
@@ -91,88 +113,169 @@ def retried_from(trial: optuna.Trial) -> int | None:
     return optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
 
 
-def make_objective(opened: Opened, data: TrainData, settings: WorkerSettings, gate: BudgetGate, stop: StopFlag,
-                   log=print):
-    spec = opened.spec
-    device = resolve_device(settings.device)
-    root = checkpoint_root(settings) / spec.name
-    host = socket.gethostname()
-    store = open_store(settings.artifact_dir)
+@dataclass
+class Clock:
+    """Where one trial's time went in this process; the four parts add up to `seconds`."""
 
-    def objective(trial: optuna.Trial):
-        gate.release()  # the trial exists now: other workers may create theirs
-        gate.last_trial = trial.number
-        t0 = time.perf_counter()
-        attrs = trial.user_attrs
-        out = root / f"trial-{trial.number:05d}"
-        previous = attrs.get("checkpoint")  # inherited by a heartbeat retry from the dead trial
-        set_user_attrs(trial, {**({} if "anchor" in attrs else {"anchor": False}), "checkpoint": str(out),
-                               "host": host, "device": describe(device), "h2s_version": __version__,
-                               "torch_version": str(torch.__version__), "optuna_version": optuna.__version__,
-                               "resumed_from_epoch": None, "fail_reason": None})  # one transaction
+    t0: float = field(default_factory=time.perf_counter)
+    times: TrainTimes = field(default_factory=TrainTimes)  # train() fills it as it goes, pruned or not
+    evaluate: float = 0.0
+
+    def split(self) -> dict[str, float]:
+        """The trial's time so far and its parts, as TrialRecord fields."""
+        seconds = time.perf_counter() - self.t0
+        train, validate = self.times.train, self.times.validate
+        return {"seconds": seconds, "seconds_train": train, "seconds_validate": validate,
+                "seconds_evaluate": self.evaluate, "seconds_other": seconds - train - validate - self.evaluate}
+
+    def record(self) -> TrialRecord:
+        return TrialRecord(**self.split())
+
+
+@dataclass
+class TrialRun:
+    """One trial as the runner carries it through its steps."""
+
+    trial: optuna.Trial
+    out: Path                    # this attempt's run folder
+    previous: str | None         # the run folder a heartbeat retry inherited from the dead attempt
+    clock: Clock
+    cfg: TrainConfig | None = None
+
+    @property
+    def lr_floor(self) -> float | None:
+        """The floor a cosine schedule reaches on purpose; below it a learning rate has collapsed (diagnosis)."""
+        return self.cfg.lr_min if self.cfg is not None and self.cfg.scheduler == "cosine" else None
+
+
+class TrialRunner:
+    """The objective Optuna calls: one trial in six steps, begin, config, resume, train, evaluate, finish.
+
+    `train` and `evaluate` default to how2sign's train() and evaluate_checkpoint(); tests and benchmarks pass
+    stand-ins with the same signatures. Hand the runner each trial's Admission with `admit()` before
+    `study.optimize`: it releases the admission as soon as the trial exists.
+    """
+
+    def __init__(self, opened: Opened, data: TrainData, settings: WorkerSettings, stop: Callable[[], bool],
+                 log=print, *, train: Callable[..., TrainResult] = train, evaluate: Callable = evaluate_checkpoint):
+        self.spec = opened.spec
+        self.data = data
+        self.stop = stop
+        self.log = log
+        self.device = resolve_device(settings.device)
+        self.root = checkpoint_root(settings) / self.spec.name
+        self.host = socket.gethostname()
+        self.store = open_store(settings.artifact_dir)
+        self.train_fn, self.evaluate_fn = train, evaluate
+        self.admission: Admission | None = None
+
+    def admit(self, admission: Admission) -> None:
+        self.admission = admission
+
+    def __call__(self, trial: optuna.Trial) -> float | list[float]:
+        run = self.begin(trial)
+        run.cfg = self.config(run)
+        result = self.train(run, self.resume(run))
+        evaluation = self.evaluate(run, result)
+        return self.finish(run, result, evaluation)
+
+    def begin(self, trial: optuna.Trial) -> TrialRun:
+        """Release the admission (the trial exists now: other workers may create theirs); record who runs it."""
+        if self.admission is not None:
+            self.admission.release(trial.number)
+        clock = Clock()
+        stored = TrialRecord.read(trial)  # a heartbeat retry inherits the dead trial's attributes
+        run = TrialRun(trial, self.root / f"trial-{trial.number:05d}", stored.checkpoint, clock)
+        TrialRecord(anchor=False if stored.anchor is None else UNSET, checkpoint=str(run.out), host=self.host,
+                    device=describe(self.device), h2s_version=__version__, torch_version=str(torch.__version__),
+                    optuna_version=optuna.__version__, resumed_from_epoch=None, fail_reason=None).write(trial)
+        return run
+
+    def config(self, run: TrialRun) -> TrainConfig:
         try:
-            cfg = config_from_trial(trial, spec)
+            cfg = config_from_trial(run.trial, self.spec)
         except ValueError as exc:  # ConfigError, or enqueued params outside the space
-            trial.set_user_attr("fail_reason", f"config: {exc}")
-            raise TrialFailed(str(exc)) from None
-        trial.set_user_attr("seed", cfg.seed)
-        note_anchor(trial)  # the anchor is recognisable in the dashboard while it runs
-        # The floor a cosine schedule reaches on purpose; below it a learning rate has collapsed (diagnosis).
-        lr_floor = cfg.lr_min if cfg.scheduler == "cosine" else None
+            self.fail(run, f"config: {exc}")
+        TrialRecord(seed=cfg.seed).write(run.trial)
+        note_anchor(run.trial)  # the anchor is recognisable in the dashboard while it runs
+        return cfg
 
-        resume = None
-        if retried_from(trial) is not None and previous and (Path(previous) / LAST).exists():
-            resume = _carry_over(Path(previous), out)
-        state = {"best": math.inf}
+    def resume(self, run: TrialRun) -> Path | None:
+        """A heartbeat retry continues from the dead attempt's last checkpoint."""
+        if retried_from(run.trial) is None or not run.previous or not (Path(run.previous) / LAST).exists():
+            return None
+        return _carry_over(Path(run.previous), run.out)
+
+    def train(self, run: TrialRun, resume: Path | None) -> TrainResult:
+        """Train; pruning records what was learned; OOM, NaN and config errors fail the trial."""
+        try:
+            result = self.train_fn(run.cfg, self.data, run.out, device=str(self.device), resume=resume or False,
+                                   report=self._reporter(run), times=run.clock.times, should_stop=self.stop)
+        except optuna.TrialPruned:
+            _record_partial(run)
+            record_trial(run.trial, run.out, self.store, lr_min=run.lr_floor, pruned=True, log=self.log)
+            run.clock.record().write(run.trial)
+            raise
+        except (NonFiniteLoss, CheckpointError) as exc:
+            self.fail(run, f"{type(exc).__name__}: {exc}")
+        except RuntimeError as exc:
+            if not is_oom(exc):
+                raise
+            free_memory(self.device)
+            self.fail(run, f"out of memory: {str(exc).splitlines()[0][:200]}")
+        except ValueError as exc:  # ConfigError, or a value only the training code rejects
+            self.fail(run, f"config: {exc}")
+        if result.interrupted:
+            self.fail(run, f"interrupted by {getattr(self.stop, 'signal', '') or 'stop request'}", result)
+        return result
+
+    def _reporter(self, run: TrialRun) -> Callable[[int, float], None]:
+        """train()'s per-epoch hook: one storage write per epoch (the intermediate value)."""
+        trial, multi = run.trial, self.spec.multi_objective
 
         def report(epoch: int, val_loss: float) -> None:
-            state["best"] = min(state["best"], val_loss)
-            trial.set_user_attr("epochs_run", epoch)
-            if spec.multi_objective:
-                return  # Optuna cannot prune multi-objective studies
+            if multi:  # Optuna cannot prune multi-objective studies: epochs_run is their progress
+                TrialRecord(epochs_run=epoch).write(trial)
+                return
             trial.report(val_loss, epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch} (val_loss {val_loss:.4f})")
 
+        return report
+
+    def evaluate(self, run: TrialRun, result: TrainResult):
+        t0 = time.perf_counter()
         try:
-            try:
-                result = train(cfg, data, out, device=str(device), resume=resume or False, report=report,
-                               should_stop=stop)
-            except optuna.TrialPruned:
-                _record_partial(trial, out, t0)
-                record_trial(trial, out, store, lr_min=lr_floor, pruned=True, log=log)
-                raise
-        except (NonFiniteLoss, CheckpointError) as exc:
-            trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
-            raise TrialFailed(str(exc)) from None
-        except RuntimeError as exc:
-            if not is_oom(exc):
-                raise
-            free_memory(device)
-            trial.set_user_attr("fail_reason", f"out of memory: {str(exc).splitlines()[0][:200]}")
-            raise TrialFailed("out of memory") from None
-        _record_result(trial, result, t0)
-        if result.interrupted:
-            trial.set_user_attr("fail_reason", f"interrupted by {stop.signal or 'stop request'}")
-            raise TrialFailed("interrupted")
-        ev = evaluate_checkpoint(Path(out) / BEST, data.root, "val", device=str(device), criteria=spec.criteria)
-        verdict = ev.verdict
-        quality = {k: float(getattr(ev, k)) for k in ("bleu", "chrf", "vocab_coverage", "repetition_rate")}
+            return self.evaluate_fn(run.out / BEST, self.data.root, "val", device=str(self.device),
+                                    criteria=self.spec.criteria)
+        finally:
+            run.clock.evaluate = time.perf_counter() - t0
+
+    def finish(self, run: TrialRun, result: TrainResult, ev) -> float | list[float]:
+        """Record the result, the diagnosis and the artifacts, then the time split; return the objective value(s)."""
+        trial = run.trial
         samples = [{"reference": r, "hypothesis": h}
                    for r, h in list(zip(ev.references, ev.hypotheses, strict=True))[:5]]
-        set_user_attrs(trial, {**quality, "verdict": verdict, "samples": samples})
-        record_trial(trial, out, store, history=result.history, lr_min=lr_floor,
-                     samples=(ev.references, ev.hypotheses), log=log)
-        if spec.max_gap is not None:
-            trial.set_constraint("gap", result.gap - spec.max_gap)  # feasible when <= 0
+        _result_record(result, bleu=float(ev.bleu), chrf=float(ev.chrf), vocab_coverage=float(ev.vocab_coverage),
+                       repetition_rate=float(ev.repetition_rate), verdict=ev.verdict, samples=samples).write(trial)
+        record_trial(trial, run.out, self.store, history=result.history, lr_min=run.lr_floor,
+                     samples=(ev.references, ev.hypotheses), log=self.log)
+        run.clock.record().write(trial)
+        if self.spec.max_gap is not None:
+            trial.set_constraint("gap", result.gap - self.spec.max_gap)  # feasible when <= 0
         values = {"val_loss": result.best_val_loss, "params": float(result.params), "bleu": ev.bleu,
                   "chrf": ev.chrf, "gap": result.gap}
-        log(f"trial {trial.number}: val_loss {result.best_val_loss:.4f} (epoch {result.best_epoch}/"
-            f"{result.epochs_run}), gap {result.gap:.3f}, BLEU {ev.bleu:.2f}, {verdict}, {result.seconds:.0f}s")
-        out_values = [values[m] for m in spec.metrics]
+        self.log(f"trial {trial.number}: val_loss {result.best_val_loss:.4f} (epoch {result.best_epoch}/"
+                 f"{result.epochs_run}), gap {result.gap:.3f}, BLEU {ev.bleu:.2f}, {ev.verdict}, "
+                 f"{result.seconds:.0f}s")
+        out_values = [values[m] for m in self.spec.metrics]
         return out_values[0] if len(out_values) == 1 else out_values
 
-    return objective
+    def fail(self, run: TrialRun, reason: str, result: TrainResult | None = None) -> NoReturn:
+        """End the trial as FAIL, recording the reason, what training measured and where the time went."""
+        base = TrialRecord() if result is None else _result_record(result)
+        replace(base, fail_reason=reason, **run.clock.split()).write(run.trial)
+        raise TrialFailed(reason) from None
 
 
 def _carry_over(previous: Path, out: Path) -> Path:
@@ -194,45 +297,36 @@ def _carry_over(previous: Path, out: Path) -> Path:
     return out / LAST
 
 
-def _record_result(trial, result, t0: float) -> None:
-    values = {}
-    for k, v in {"params": result.params, "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
-                 "train_loss": result.train_loss, "val_loss": result.best_val_loss, "gap": result.gap,
-                 "seconds": time.perf_counter() - t0, "frames_per_second": result.frames_per_second,
-                 "resumed_from_epoch": result.resumed_from_epoch}.items():
-        values[k] = _finite(v)
-    set_user_attrs(trial, values)
+def _result_record(result: TrainResult, **more) -> TrialRecord:
+    """What training measured, as the trial records it (non-finite values are stored as null)."""
+    return TrialRecord(n_params=result.params, epochs_run=result.epochs_run, best_epoch=result.best_epoch,
+                       train_loss=result.train_loss, val_loss=result.best_val_loss, gap=result.gap,
+                       frames_per_second=result.frames_per_second, resumed_from_epoch=result.resumed_from_epoch,
+                       **more)
 
 
-def _record_partial(trial, out: Path, t0: float) -> None:
+def _record_partial(run: TrialRun) -> None:
     """A pruned trial still records what it learned, from its metrics.json."""
-    import json
-
-    try:
-        m = json.loads((out / "metrics.json").read_text())
-    except (OSError, ValueError):
+    m = RunMetrics.read(run.out)
+    if m is None:
         return
-    best = next((e for e in m["epochs"] if e["epoch"] == m["best_epoch"]), None)
-    last = m["epochs"][-1] if m["epochs"] else {}
-    vals = {"params": m.get("params"), "epochs_run": last.get("epoch"), "best_epoch": m.get("best_epoch"),
-            "seconds": time.perf_counter() - t0,
-            "frames_per_second": sum(e["frames_per_second"] for e in m["epochs"]) / max(len(m["epochs"]), 1)}
-    if best:
-        vals.update(train_loss=best["train_loss"], val_loss=best["val_loss"],
-                    gap=best["val_loss"] - best["train_loss"])
-    for k, v in vals.items():
-        trial.set_user_attr(k, _finite(v))
+    best = m.best
+    losses = {} if best is None else {"train_loss": best.train_loss, "val_loss": best.val_loss, "gap": best.gap}
+    TrialRecord(n_params=m.params, epochs_run=m.epochs_run or None, best_epoch=m.best_epoch,
+                frames_per_second=m.frames_per_second, **losses).write(run.trial)
 
 
-def _finite(v):
-    return None if isinstance(v, float) and not math.isfinite(v) else v
+def run_worker(settings: WorkerSettings, log=None, *, joined: Callable[[int], None] | None = None,
+               train: Callable[..., TrainResult] = train, evaluate: Callable = evaluate_checkpoint) -> WorkerResult:
+    """Attach to a stored study and run trials until its budget is spent, our cap is hit, or a stop signal.
 
-
-def run_worker(settings: WorkerSettings, log=None) -> dict:
-    """Attach to a stored study and run trials until its budget is spent, our cap is hit, or a stop signal."""
+    `settings` is left as it is: the worker number the study handed out goes to `joined(number)` as soon
+    as it is known, and is in the result. `train` and `evaluate` are the runner's seams (see TrialRunner).
+    """
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     opened = load_stored(settings.storage, settings.study, worker_index=settings.worker_index)
-    settings.worker_index = opened.worker_index
+    if joined is not None:
+        joined(opened.worker_index)
     data = TrainData.load(settings.data_root, min_freq=opened.spec.base_config().vocab_min_freq)
     if data.fingerprint != opened.fingerprint:
         raise FingerprintMismatch(
@@ -244,49 +338,62 @@ def run_worker(settings: WorkerSettings, log=None) -> dict:
     stop = StopFlag()
     stop.install()
     try:
-        gate = BudgetGate(opened)
-        objective = make_objective(opened, data, settings, gate, stop, log)
-        ran, waited = 0, False
-        deadline = time.monotonic() + opened.spec.timeout if opened.spec.timeout else None
-        while not stop() and (settings.n_trials is None or ran < settings.n_trials):
-            if deadline and time.monotonic() > deadline:
-                break
-            if not gate.enter():
-                # The budget is spent, but a trial still RUNNING may belong to a dead worker: stay until it
-                # finishes, or goes stale and is re-queued (then we run the retry), so nothing is lost.
-                running = gate.running()
-                if not running:
-                    break
-                if not waited:
-                    log(f"budget spent; waiting for trial(s) {', '.join(map(str, running))} to finish "
-                        "(or to go stale and be retried here)")
-                    waited = True
-                _pause(heartbeat_settings()[0], stop)
-                continue
-            waited, gate.last_trial = False, None
-            try:
-                opened.study.optimize(objective, n_trials=1, catch=(TrialFailed,), gc_after_trial=True)
-            except (optuna.exceptions.UpdateFinishedTrialError, ValueError) as exc:
-                ended = _ended_elsewhere(opened.study, gate.last_trial, exc)
-                if ended is None:
-                    raise
-                log(f"trial {gate.last_trial} was marked {ended} while running here (its heartbeat lapsed, so "
-                    "another worker failed it and re-queued a retry); going on")
-                gate.last_trial = None  # said all there is to say about it
-            finally:
-                gate.release()
-            ran += 1
-            last = next((t for t in opened.study.get_trials(deepcopy=False) if t.number == gate.last_trial), None)
-            if last is not None and last.state == TrialState.FAIL:
-                log(f"trial {last.number}: failed: {last.user_attrs.get('fail_reason')}")
-            elif last is not None and last.state == TrialState.PRUNED:
-                log(f"trial {last.number}: pruned after epoch {last.user_attrs.get('epochs_run')}")
+        runner = TrialRunner(opened, data, settings, stop, log, train=train, evaluate=evaluate)
+        ran = _trial_loop(opened, runner, BudgetGate(opened), settings.n_trials, stop, log)
     finally:
         stop.restore()
-    states = {}
+    states: dict[str, int] = {}
     for t in opened.study.get_trials(deepcopy=False):
         states[t.state.name] = states.get(t.state.name, 0) + 1
-    return {"ran": ran, "stopped": stop.signal or None, "states": states}
+    return WorkerResult(ran=ran, stopped=stop.signal or None, states=states, worker_index=opened.worker_index)
+
+
+def _trial_loop(opened: Opened, runner: TrialRunner, gate: BudgetGate, cap: int | None, stop: StopFlag,
+                log) -> int:
+    """Admit and run trials one at a time; returns how many ran here."""
+    ran, waited = 0, False
+    deadline = time.monotonic() + opened.spec.timeout if opened.spec.timeout else None
+    while not stop() and (cap is None or ran < cap):
+        if deadline and time.monotonic() > deadline:
+            break
+        admission = gate.enter()
+        if admission is None:
+            # The budget is spent, but a trial still RUNNING may belong to a dead worker: stay until it
+            # finishes, or goes stale and is re-queued (then we run the retry), so nothing is lost.
+            running = gate.running()
+            if not running:
+                break
+            if not waited:
+                log(f"budget spent; waiting for trial(s) {', '.join(map(str, running))} to finish "
+                    "(or to go stale and be retried here)")
+                waited = True
+            _pause(heartbeat_settings()[0], stop)
+            continue
+        waited = False
+        _run_one(opened.study, runner, admission, log)
+        ran += 1
+    return ran
+
+
+def _run_one(study: optuna.Study, runner: TrialRunner, admission: Admission, log) -> None:
+    """One trial through study.optimize, then one line on how it ended if it did not complete."""
+    runner.admit(admission)
+    try:
+        study.optimize(runner, n_trials=1, catch=(TrialFailed,), gc_after_trial=True)
+    except (optuna.exceptions.UpdateFinishedTrialError, ValueError) as exc:
+        ended = _ended_elsewhere(study, admission.trial, exc)
+        if ended is None:
+            raise
+        log(f"trial {admission.trial} was marked {ended} while running here (its heartbeat lapsed, so "
+            "another worker failed it and re-queued a retry); going on")
+        return  # said all there is to say about it
+    finally:
+        admission.release()  # a trial that never started leaves the lock held
+    last = next((t for t in study.get_trials(deepcopy=False) if t.number == admission.trial), None)
+    if last is not None and last.state == TrialState.FAIL:
+        log(f"trial {last.number}: failed: {TrialRecord.read(last).fail_reason}")
+    elif last is not None and last.state == TrialState.PRUNED:
+        log(f"trial {last.number}: pruned after epoch {TrialRecord.read(last).epochs_run}")
 
 
 def _pause(seconds: float, stop: StopFlag) -> None:
@@ -302,4 +409,3 @@ def _ended_elsewhere(study, number: int | None, exc: BaseException) -> str | Non
         return None
     t = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
     return t.state.name if t is not None and t.state.is_finished() else None
-

@@ -8,18 +8,17 @@ disagree. Trial user attributes are read only through `search.records.TrialRecor
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from ..records import TrialRecord
-from ..study import ATTR_DATA, ATTR_FINGERPRINT, ATTR_SPEC
+from how2sign.run_metrics import RunMetrics
+
+from ..records import StudyRecord, TrialRecord
 from ..summary import comparison_lines, summarize
 
 __all__ = ["FIELD", "MIN_TRIALS_FOR_IMPORTANCE", "NOTES_LABEL", "NOTES_ROWS", "TIME_SPLIT", "Dimension", "NotesRow",
@@ -68,17 +67,9 @@ NOTES_LABEL = "from the notes, not from this study"
 
 
 def read_val_curve(run_dir) -> list[tuple[int, float]]:
-    """The validation loss per epoch from a run folder's metrics.json; [] when there is none.
-
-    The report's only access to metrics.json: switch this one function to the training library's reader.
-    """
-    if not run_dir:
-        return []
-    try:
-        epochs = json.loads((Path(run_dir) / "metrics.json").read_text())["epochs"]
-        return [(int(e["epoch"]), float(e["val_loss"])) for e in epochs if math.isfinite(e["val_loss"])]
-    except (OSError, ValueError, KeyError, TypeError):
-        return []
+    """The validation loss per epoch from a run folder's metrics.json; [] when there is none."""
+    metrics = RunMetrics.read(run_dir)
+    return metrics.val_curve() if metrics else []
 
 
 def _finite(record: TrialRecord) -> TrialRecord:
@@ -218,12 +209,13 @@ def load_report_data(study: optuna.Study, storage_desc: str = "") -> ReportData:
     complete = [t for t in trials if t.state == "COMPLETE" and t.value is not None]
     ranked = sorted(complete, key=lambda t: t.value if minimize else -t.value)
     pareto = [t.number for t in study.best_trials] if len(study.directions) > 1 and complete else []
-    raw_spec = study.user_attrs.get(ATTR_SPEC) or {}
+    stored = StudyRecord.read(study)
+    raw_spec = stored.spec or {}
     importances, note = _importances(study, target_i, len(complete))
     s = summarize(study)
     return ReportData(
         study=study.study_name, description=str(raw_spec.get("description", "")), storage=storage_desc,
-        data=str(study.user_attrs.get(ATTR_DATA, "")), fingerprint=str(study.user_attrs.get(ATTR_FINGERPRINT, "")),
+        data=str(stored.data or ""), fingerprint=str(stored.fingerprint or ""),
         directions=[d.name.lower() for d in study.directions], metrics=metrics, target=metrics[target_i],
         states=s["states"], budget=s["budget"], trials=trials, ranked=ranked, pareto=pareto,
         dimensions=_dimensions(frozen, list((raw_spec.get("space") or {}).keys())),

@@ -58,6 +58,13 @@ def trial(db, number: int, study: str = "fleet"):
     return next((t for t in snapshot(db, study)[0] if t.number == number), None)
 
 
+def epochs_done(t) -> int | None:
+    """A trial's finished epochs: a running single-objective trial reports them as intermediate values only."""
+    from search.summary import epochs_done as done
+
+    return done(t)
+
+
 def states(trials) -> dict[int, str]:
     return {t.number: t.state.name for t in trials}
 
@@ -215,7 +222,7 @@ def test_sigkill_mid_trial_is_retried_and_resumes_from_the_checkpoint(pg_db, new
     a, b = new_machine("a"), new_machine("b")
     wa = a.worker(pg_db.url)
     # Trial 0 (the anchor, the whole budget) runs on machine a and writes its first epoch checkpoint.
-    wait_until(lambda: (t := trial(pg_db, 0)) and (t.user_attrs.get("epochs_run") or 0) >= 2, 90,
+    wait_until(lambda: (t := trial(pg_db, 0)) and (epochs_done(t) or 0) >= 2, 90,
                "trial 0 to finish two epochs on machine a")
     # Freeze a mid-trial (so the kill lands mid-trial whatever the machine's load) and keep its heartbeat
     # fresh meanwhile, so that machine b provably meets "budget spent, one trial RUNNING" and waits.
@@ -231,7 +238,7 @@ def test_sigkill_mid_trial_is_retried_and_resumes_from_the_checkpoint(pg_db, new
         before = states(snapshot(pg_db)[0])
         wa.signal(signal.SIGKILL)  # machine a dies mid-trial; its heartbeat stops with the surrogate
         assert wa.wait(10) == -signal.SIGKILL
-    assert before == {0: "RUNNING"} and died.user_attrs["epochs_run"] < epochs
+    assert before == {0: "RUNNING"} and epochs_done(died) < epochs
 
     # The heartbeat lapses; b fails trial 0, the retry callback re-queues it as trial 1, and b runs it
     # from the dead trial's last checkpoint.
@@ -253,7 +260,7 @@ def test_sigkill_mid_trial_is_retried_and_resumes_from_the_checkpoint(pg_db, new
     assert [t.number for t in anchor_trials(opened.study)] == [1]
     assert budget_used(opened.study) == (1, 0)
     opened.study._storage._backend.engine.dispose()
-    print(f"\n[SIGKILL] machine a killed in trial 0 at epoch {died.user_attrs['epochs_run']}/{epochs} (last "
+    print(f"\n[SIGKILL] machine a killed in trial 0 at epoch {epochs_done(died)}/{epochs} (last "
           f"checkpoint: epoch {at_death}); states before {before}, after {after}; machine b waited, then ran "
           f"retry trial 1 resumed from epoch {retry.user_attrs['resumed_from_epoch']} to epoch "
           f"{retry.user_attrs['epochs_run']}")
@@ -267,7 +274,7 @@ def test_a_paused_worker_whose_trial_was_retried_steps_aside(pg_db, new_machine,
     create(new_machine("creator"), pg_db, study)
     a, b = new_machine("a"), new_machine("b")
     wa = a.worker(pg_db.url)
-    wait_until(lambda: (t := trial(pg_db, 0)) and t.user_attrs.get("epochs_run"), 90, "trial 0 mid-run on a")
+    wait_until(lambda: (t := trial(pg_db, 0)) and epochs_done(t), 90, "trial 0 mid-run on a")
     freeze_outside_transactions(wa, pg_db)
     wb = b.worker(pg_db.url)
     wait_until(lambda: (t := trial(pg_db, 1)) and t.state == TrialState.RUNNING, 120, "b to run the retry")
@@ -291,7 +298,7 @@ def test_postgres_restart_mid_study_loses_nothing(pg_db, new_machine, fleet_stud
     # A grace period longer than the outage: the workers should ride it out, not fail their trials.
     slow = {"H2S_GRACE_PERIOD": "15"}
     ws = [new_machine(f"m{i}").worker(pg_db.url, env=slow) for i in range(2)]
-    wait_until(lambda: sum(bool(t.user_attrs.get("epochs_run")) and t.state == TrialState.RUNNING
+    wait_until(lambda: sum(bool(epochs_done(t)) and t.state == TrialState.RUNNING
                            for t in snapshot(pg_db)[0]) >= 2, 120, "two trials mid-run")
     before = states(snapshot(pg_db)[0])
     took = restart_postgres(pg_db)
@@ -350,7 +357,7 @@ def test_sigterm_ends_the_current_trial_cleanly_and_exits_0(pg_db, new_machine, 
     m = new_machine("a")
     create(m, pg_db, study)
     w = m.worker(pg_db.url)
-    wait_until(lambda: (t := trial(pg_db, 0)) and t.user_attrs.get("epochs_run"), 90, "trial 0 mid-run")
+    wait_until(lambda: (t := trial(pg_db, 0)) and epochs_done(t), 90, "trial 0 mid-run")
     before = states(snapshot(pg_db)[0])
     w.signal(signal.SIGTERM)
     assert w.wait(60) == 0, w.output()

@@ -114,3 +114,58 @@ def test_storage_urls_and_masking(monkeypatch):
     with pytest.raises(StorageError) as exc:
         parse_url("oracle://u:topsecret@h/0")
     assert "topsecret" not in str(exc.value)
+
+
+# --------------------------------------------------------------------------- values the space can reach
+@pytest.mark.parametrize("key,table,message", [
+    ("aug_speed", {"type": "float", "low": 0.0, "high": 1.5}, "[space.aug_speed]: the space reaches aug_speed = 1.5"),
+    ("aug_scale", {"type": "categorical", "choices": [0.0, 0.1, 1.0]}, "aug_scale must be < 1, got 1.0"),
+    ("lr_min", {"type": "float", "low": 1e-6, "high": 1.0}, "[space.lr_min]: the space reaches lr_min = 1.0"),
+])
+def test_a_space_that_reaches_an_invalid_value_is_refused(key, table, message):
+    raw = capacity_raw()
+    raw["space"][key] = table
+    raw["anchor"]["params"][key] = table.get("low", 0.0)
+    with pytest.raises(SpecError) as exc:
+        parse(raw, "studies/capacity.toml")
+    assert message in str(exc.value) and str(exc.value).startswith("studies/capacity.toml [space.")
+
+
+def test_the_anchor_and_train_tables_are_checked_the_same_way():
+    raw = capacity_raw()
+    raw["space"]["aug_speed"] = {"type": "float", "low": 0.0, "high": 0.5}
+    raw["anchor"]["params"]["aug_speed"] = 0.5
+    parse(raw, "studies/capacity.toml")  # the ends of the space are allowed
+    raw["anchor"]["params"]["aug_speed"] = 1.2
+    with pytest.raises(SpecError, match=r"^studies/capacity.toml \[anchor.params\]: aug_speed must be < 1"):
+        parse(raw, "studies/capacity.toml")
+    raw["train"]["aug_speed"] = 1.0
+    with pytest.raises(SpecError, match=r"^studies/capacity.toml: \[train\]: aug_speed must be < 1"):
+        parse(raw, "studies/capacity.toml")
+
+
+def test_start_and_status_refuse_such_a_study_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from search.cli import app
+
+    raw = capacity_raw()
+    raw["space"]["aug_speed"] = {"type": "float", "low": 0.0, "high": 1.5}
+    raw["anchor"]["params"]["aug_speed"] = 0.0
+    path = tmp_path / "fast.toml"
+    path.write_text(find_study_file("capacity").read_text().replace(
+        "[space]", '[space]\naug_speed = { type = "float", low = 0.0, high = 1.5 }').replace(
+        "params = { ", "params = { aug_speed = 0.0, "))
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    res = CliRunner().invoke(app, ["start", "--study", str(path), "--storage", url, "--workers", "0"])
+    lines = res.stderr.strip().splitlines()
+    assert res.exit_code == 2 and len(lines) == 1, res.output
+    assert lines[0].startswith("error: ") and str(path) in lines[0] and "[space.aug_speed]" in lines[0]
+    # A definition stored before this check existed is refused when a worker or status loads it.
+    study = optuna.create_study(study_name="old", storage=url)
+    from search.records import StudyRecord
+
+    StudyRecord(spec={**raw, "name": "old"}, fingerprint="0" * 64, budget=3).write(study)
+    res = CliRunner().invoke(app, ["status", "--study", "old", "--storage", url])
+    lines = res.stderr.strip().splitlines()
+    assert res.exit_code == 2 and len(lines) == 1 and "study 'old'" in lines[0] and "aug_speed" in lines[0], res.output

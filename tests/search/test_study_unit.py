@@ -1,0 +1,88 @@
+"""study.py in-process on SQLite: the budget gate and its admissions, the study record, the anchor."""
+
+from __future__ import annotations
+
+import tomllib
+
+import optuna
+import pytest
+
+from search.records import StudyRecord, TrialRecord
+from search.spec import parse
+from search.study import Admission, BudgetGate, anchor_trials, create_or_load
+
+pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
+
+STUDY = """
+name = "gate"
+n_trials = 2
+[train]
+d_model = 32
+nhead = 4
+epochs = 1
+[space]
+dropout = { type = "float", low = 0.0, high = 0.3 }
+[anchor]
+name = "v4"
+params = { dropout = 0.1 }
+"""
+
+
+@pytest.fixture
+def opened(tmp_path):
+    spec = parse(tomllib.loads(STUDY), "gate.toml")
+    return create_or_load(f"sqlite:///{tmp_path / 's.db'}", spec, "f" * 64, "the data")
+
+
+def test_create_or_load_writes_the_study_record_and_enqueues_the_anchor_once(opened):
+    r = StudyRecord.read(opened.study)
+    assert (r.spec["name"], r.fingerprint, r.budget, r.data) == ("gate", "f" * 64, 2, "the data")
+    assert r.h2s_version and r.optuna_version and "v4" in r.anchor_note
+    again = create_or_load(opened.url, opened.spec, "f" * 64, n_trials=5)
+    assert not again.created and not again.anchor_enqueued
+    assert StudyRecord.read(again.study).budget == 5
+    (anchor,) = anchor_trials(again.study)
+    assert TrialRecord.read(anchor).anchor_name == "v4"
+
+
+def test_the_gate_admits_exactly_the_budget(opened):
+    gate = BudgetGate(opened)
+    admitted = []
+    for _ in range(3):
+        admission = gate.enter()
+        if admission is None:
+            break
+        trial = opened.study.ask()  # what optimize does under the lock: create (or pop) the trial
+        admission.release(trial.number)
+        opened.study.tell(trial, 1.0)
+        admitted.append(admission.trial)
+    assert admitted == [0, 1] and gate.enter() is None
+
+
+def test_the_stored_budget_wins_over_the_study_file(opened):
+    StudyRecord(budget=1).write(opened.study)
+    gate = BudgetGate(opened)
+    assert gate.budget() == 1
+    admission = gate.enter()
+    opened.study.tell(opened.study.ask(), 1.0)
+    admission.release()
+    assert gate.enter() is None
+
+
+def test_an_admission_holds_the_lock_until_released_once(opened):
+    gate = BudgetGate(opened)
+    admission = gate.enter()
+    assert isinstance(admission, Admission) and admission.held and admission.trial is None
+    admission.release(3)
+    admission.release(4)  # a second release changes nothing
+    assert not admission.held and admission.trial == 3
+    second = gate.enter()  # the lock was given back: the next admission does not wait
+    assert second is not None
+    second.release()
+
+
+def test_the_anchor_is_recognised_from_its_record():
+    study = optuna.create_study()
+    study.enqueue_trial({"x": 1.0}, user_attrs=TrialRecord(anchor=True, anchor_name="v4").attrs())
+    study.optimize(lambda t: t.suggest_float("x", 0, 2), n_trials=2)
+    assert [t.number for t in anchor_trials(study)] == [0]
