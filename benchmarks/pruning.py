@@ -154,7 +154,7 @@ def run_search(study, url: str, root: Path, checkpoints: Path, fingerprint: str,
     lines = io.StringIO()
     with contextlib.redirect_stdout(lines):
         run_worker(WorkerSettings(study=spec.name, storage=url, data_root=root, device="cpu",
-                                  checkpoint_dir=checkpoints, quiet=True),
+                                  checkpoint_dir=checkpoints, artifact_dir=checkpoints / "artifacts", quiet=True),
                    log=lambda msg: None)  # fmt: skip
     return opened.study, time.perf_counter() - t0, spec
 
