@@ -1,26 +1,32 @@
 """Pruning: epochs spent by a pruned search / the same trials run unpruned, and both best values.
 
-Everything goes through the service's own code path: a study file (TOML, written into a temp dir),
-`search.spec.load_spec`, `search.study.create_or_load` on SQLite in the temp dir, and
-`search.worker.run_worker` on the synthetic corpus (a fixed small train split), i.e. what
+Everything goes through the service's own code path: `search.study.create_or_load` on SQLite in a
+temp dir and `search.worker.run_worker` on the synthetic corpus (a fixed small train split), i.e. what
 `h2s-search start` / `worker` run, including per-trial early stopping (patience) and evaluation.
 
-  1. pruned:   24 trials x 8 epochs (patience 3; train=150), seeded TPE, Hyperband (min_resource 1,
-               reduction_factor 3, max_resource = the epoch budget, as search.study.build_pruner sets
-               it), i.e. studies/capacity.toml's pruner on its [demo] budget; options change each;
+  --study NAME: the shipped (or any) study file as `start` loads it: its [train] budget (epochs,
+               patience, fine-tuning), [space], [sampler] and [pruner] (max_resource = the epoch budget,
+               as search.study.build_pruner sets it); its [demo] table and anchor are left out, so this
+               is the real budget. --trials sets the number of trials (default 24); --d-models/--ffs
+               replace the space's d_model/dim_feedforward choices so it runs on a small CPU;
+  without --study: a built-in small capacity-like search, 24 trials x 8 epochs (patience 3), seeded
+               TPE, Hyperband 1/3 (options change each).
+
+  1. pruned:   the search with its pruner;
   2. unpruned: a second study with pruner "none" into which the pruned run's N parameter sets are
                enqueued in the same order, so both runs train exactly the same configurations.
 
 Epochs spent are the trials' recorded `epochs_run`. The script also prints the fraction the pruner
 would spend with unlimited trials of stationary quality, computed from Optuna's bracket allocation, to
-show how far a finite search with an improving sampler is from it. Trials run on one torch thread. Training is deterministic on a CPU for a given
-config (fixed seed), so a pruned trial's first epochs are the unpruned twin's first epochs.
-Targets (DESIGN section 8): epochs ratio <= 0.40, and the pruned search's best value within 2% of the
+show how far a finite search with an improving sampler is from it. Trials run on one torch thread
+(run it under `nice` on a shared machine). Training is deterministic on a CPU for a given config
+(fixed seed), so a pruned trial's first epochs are the unpruned twin's first epochs.
+Targets (issue 8): epochs ratio <= 0.40, and the pruned search's best value within 2% of the
 unpruned one's.
 
-    python benchmarks/pruning.py [--quick] [--trials N] [--epochs E] [--patience P] [--reduction-factor R]
-                                 [--min-resource M] [--pruner hyperband|asha] [--sampler tpe|random]
-                                 [--train-clips C]
+    python benchmarks/pruning.py [--quick] [--study NAME] [--trials N] [--epochs E] [--patience P]
+                                 [--pruner hyperband|asha] [--reduction-factor R] [--min-resource M]
+                                 [--sampler tpe|random] [--train-clips C] [--d-models 32,64] [--ffs 64,128]
 """
 
 from __future__ import annotations

@@ -169,13 +169,13 @@ def start(study: str, *, storage: str | None, data: Path | None, n_trials: int |
           devices: str | None, checkpoint_dir: Path | None, say=print, progress=None,
           artifact_dir: Path | None = None, workers_per_device: int | None = None) -> StartResult:
     spec = load_spec(study)
+    devs = plan_devices(workers, devices, workers_per_device, visible_gpus(), mps_available())
     choice = choose_data(data)
     say(choice.describe())
     if choice.synthetic and spec.demo:
         spec = spec.with_demo()
         say(f"using the [demo] budget of {spec.source.split(' (')[0]}: {spec.n_trials} trials, "
             f"{spec.base_config().epochs} epochs each")
-    devs = plan_devices(workers, devices, workers_per_device, visible_gpus(), mps_available())
     url = resolve_url(storage)
     devs = sqlite_limit(devs, url, asked=workers is not None or bool(devices) or workers_per_device is not None,
                         say=say)

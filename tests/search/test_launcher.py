@@ -124,3 +124,18 @@ def test_cap_by_memory_drops_workers_per_device():
     assert kept.count("cuda:0") == 2 and kept.count("cuda:1") == 4 and kept.count("cpu") == 2
     assert kept[:3] == ["cuda:0", "cuda:1", "cuda:0"]  # order kept
     assert len(notes) == 1 and notes[0].startswith("cuda:0: 2 worker(s), not 4")
+
+
+@pytest.mark.parametrize("flags, needle", [(["--workers-per-device", "0"], "--workers-per-device must be >= 1"),
+                                           (["--workers", "-2"], "--workers must be >= 0")])
+def test_start_rejects_bad_counts_in_one_line_before_touching_data(tmp_path, flags, needle):
+    from typer.testing import CliRunner
+
+    from search.cli import app
+
+    res = CliRunner().invoke(app, ["start", "--study", "capacity", "--data", str(tmp_path / "absent"),
+                                   "--storage", f"sqlite:///{tmp_path / 'db.sqlite'}", *flags])
+    assert res.exit_code == 2, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], res.stderr
+    assert "Traceback" not in res.output and not (tmp_path / "db.sqlite").exists()
