@@ -196,7 +196,7 @@ def part_a(args, device, tmp: Path) -> None:
     from how2sign.config import TrainConfig
     from how2sign.train import train
 
-    data = TrainData.load(packed_corpus(tmp / "a", 300 if args.quick else WORDS_VOCAB_CLIPS, 40))
+    data = TrainData.load(packed_corpus(tmp / "a", 150 if args.quick else WORDS_VOCAB_CLIPS, 40))
     shape = dict(d_model=64, dim_feedforward=128) if args.quick else {}  # V4's shape on a card
     for bs in (16, 64):
         cfg = TrainConfig(batch_size=bs, epochs=3 if args.quick else 4, patience=10, **shape)
@@ -245,7 +245,7 @@ def open_study(spec, url: str, root: Path):
     return create_or_load(url, spec, TrainData.load(root).fingerprint, str(root)).study
 
 
-def loop_seconds_recorder(calls: list[float]):
+def loop_seconds_recorder(calls: list[float | None]):
     """Wrap train() where the worker looks it up: record each call's training-loop seconds."""
     import how2sign.train as train_module
     import search.worker as worker_module
@@ -253,8 +253,9 @@ def loop_seconds_recorder(calls: list[float]):
     real = train_module.train
 
     def timed(*a, **kw):
+        calls.append(None)  # a pruned or failed trial raises out of train(): no history to read
         result = real(*a, **kw)
-        calls.append(sum(h["seconds"] for h in result.history))
+        calls[-1] = sum(h["seconds"] for h in result.history)
         return result
 
     patched = [m for m in (train_module, worker_module) if getattr(m, "train", None) is real]
@@ -270,7 +271,7 @@ def part_b(args, device, tmp: Path, root: Path) -> None:
     url = f"sqlite:///{tmp / 'b.db'}"
     spec = demo_spec(args, "warm", trials=3 if args.quick else 5)
     study = open_study(spec, url, root)
-    calls: list[float] = []
+    calls: list[float | None] = []
     restore = loop_seconds_recorder(calls)
     try:
         run_worker(WorkerSettings(study=spec.name, storage=url, data_root=root, device=str(device),
