@@ -1,26 +1,32 @@
 """Pruning: epochs spent by a pruned search / the same trials run unpruned, and both best values.
 
-Everything goes through the service's own code path: a study file (TOML, written into a temp dir),
-`search.spec.load_spec`, `search.study.create_or_load` on SQLite in the temp dir, and
-`search.worker.run_worker` on the synthetic corpus (a fixed small train split), i.e. what
+Everything goes through the service's own code path: `search.study.create_or_load` on SQLite in a
+temp dir and `search.worker.run_worker` on the synthetic corpus (a fixed small train split), i.e. what
 `h2s-search start` / `worker` run, including per-trial early stopping (patience) and evaluation.
 
-  1. pruned:   24 trials x 8 epochs (patience 3; train=150), seeded TPE, Hyperband (min_resource 1,
-               reduction_factor 3, max_resource = the epoch budget, as search.study.build_pruner sets
-               it), i.e. studies/capacity.toml's pruner on its [demo] budget; options change each;
+  --study NAME: the shipped (or any) study file as `start` loads it: its [train] budget (epochs,
+               patience, fine-tuning), [space], [sampler] and [pruner] (max_resource = the epoch budget,
+               as search.study.build_pruner sets it); its [demo] table and anchor are left out, so this
+               is the real budget. --trials sets the number of trials (default 24); --d-models/--ffs
+               replace the space's d_model/dim_feedforward choices so it runs on a small CPU;
+  without --study: a built-in small capacity-like search, 24 trials x 8 epochs (patience 3), seeded
+               TPE, Hyperband 1/3 (options change each).
+
+  1. pruned:   the search with its pruner;
   2. unpruned: a second study with pruner "none" into which the pruned run's N parameter sets are
                enqueued in the same order, so both runs train exactly the same configurations.
 
 Epochs spent are the trials' recorded `epochs_run`. The script also prints the fraction the pruner
 would spend with unlimited trials of stationary quality, computed from Optuna's bracket allocation, to
-show how far a finite search with an improving sampler is from it. Trials run on one torch thread. Training is deterministic on a CPU for a given
-config (fixed seed), so a pruned trial's first epochs are the unpruned twin's first epochs.
-Targets (DESIGN section 8): epochs ratio <= 0.40, and the pruned search's best value within 2% of the
+show how far a finite search with an improving sampler is from it. Trials run on one torch thread
+(run it under `nice` on a shared machine). Training is deterministic on a CPU for a given config
+(fixed seed), so a pruned trial's first epochs are the unpruned twin's first epochs.
+Targets (issue 8): epochs ratio <= 0.40, and the pruned search's best value within 2% of the
 unpruned one's.
 
-    python benchmarks/pruning.py [--quick] [--trials N] [--epochs E] [--patience P] [--reduction-factor R]
-                                 [--min-resource M] [--pruner hyperband|asha] [--sampler tpe|random]
-                                 [--train-clips C]
+    python benchmarks/pruning.py [--quick] [--study NAME] [--trials N] [--epochs E] [--patience P]
+                                 [--pruner hyperband|asha] [--reduction-factor R] [--min-resource M]
+                                 [--sampler tpe|random] [--train-clips C] [--d-models 32,64] [--ffs 64,128]
 """
 
 from __future__ import annotations
@@ -108,14 +114,45 @@ def write_study(folder: Path, name: str, args, pruner: str) -> Path:
     return path
 
 
-def run_search(study_file: Path, url: str, root: Path, checkpoints: Path, fingerprint: str,
-               enqueue: list[dict] | None = None) -> tuple[object, float]:  # fmt: skip
-    """create_or_load + (optional enqueues) + run_worker, as `start` does with one local worker."""
+def shipped_raw(args, name: str, pruned: bool) -> dict:
+    """The shipped study file `args.study` as `start` parses it, renamed, with its trial budget set to
+    --trials and (only where asked) smaller d_model / dim_feedforward choices, so it runs on a small CPU.
+
+    The anchor is left out (its V4 shape may lie outside the shrunk space); the unpruned run trains the
+    same configurations anyway. The [demo] table is left out: this measures the real budget. The pruned
+    run keeps the file's [pruner] unless --pruner is given; the unpruned run has pruner "none"."""
     from search.spec import load_spec
+
+    raw = json.loads(json.dumps(load_spec(args.study).raw))
+    for key in ("demo", "anchor", "constraint", "timeout"):
+        raw.pop(key, None)
+    raw.update(name=name, n_trials=args.trials)
+    # The synthetic sentences have at most 26 tokens: shorter greedy decoding in each evaluation.
+    raw["train"] = {**raw.get("train", {}), "max_tokens": 32}
+    for key, choices in (("d_model", args.d_models), ("dim_feedforward", args.ffs)):
+        if choices and key in raw["space"]:
+            raw["space"][key] = {"type": "categorical", "choices": choices}
+    if args.epochs:
+        raw["train"]["epochs"] = args.epochs
+    if args.patience:
+        raw["train"]["patience"] = args.patience
+    if not pruned:
+        raw["pruner"] = {"type": "none"}
+    elif args.pruner:
+        raw["pruner"] = {"type": args.pruner, "min_resource": args.min_resource or 1,
+                         "reduction_factor": args.reduction_factor or 3}
+    return raw
+
+
+def run_search(study, url: str, root: Path, checkpoints: Path, fingerprint: str,
+               enqueue: list[dict] | None = None) -> tuple[object, float, object]:  # fmt: skip
+    """create_or_load + (optional enqueues) + run_worker, as `start` does with one local worker.
+    `study` is a study file or an already parsed raw study (a dict)."""
+    from search.spec import load_spec, parse
     from search.study import create_or_load
     from search.worker import WorkerSettings, run_worker
 
-    spec = load_spec(str(study_file))
+    spec = parse(study, f"benchmark study {study['name']!r}") if isinstance(study, dict) else load_spec(str(study))
     opened = create_or_load(url, spec, fingerprint, str(root))
     for params in enqueue or []:
         opened.study.enqueue_trial(params)
@@ -123,9 +160,9 @@ def run_search(study_file: Path, url: str, root: Path, checkpoints: Path, finger
     lines = io.StringIO()
     with contextlib.redirect_stdout(lines):
         run_worker(WorkerSettings(study=spec.name, storage=url, data_root=root, device="cpu",
-                                  checkpoint_dir=checkpoints, quiet=True),
+                                  checkpoint_dir=checkpoints, artifact_dir=checkpoints / "artifacts", quiet=True),
                    log=lambda msg: None)  # fmt: skip
-    return opened.study, time.perf_counter() - t0
+    return opened.study, time.perf_counter() - t0, spec
 
 
 def summary(study) -> dict:
@@ -142,19 +179,30 @@ def summary(study) -> dict:
     }
 
 
-def main() -> None:
-    def extra(p):
-        p.add_argument("--trials", type=int, help="trials per search (default 24, --quick 3)")
-        p.add_argument("--epochs", type=int, help="epoch budget per trial (default 8, --quick 2)")
-        p.add_argument("--patience", type=int, default=3, help="early-stopping patience (default 3)")
-        p.add_argument("--reduction-factor", type=int, default=3, help="pruner reduction_factor (default 3)")
-        p.add_argument("--min-resource", type=int, default=1, help="pruner min_resource (default 1)")
-        p.add_argument("--pruner", choices=("hyperband", "asha"), default="hyperband",
-                       help="pruner of the pruned search (default hyperband, as studies/capacity.toml)")
-        p.add_argument("--sampler", choices=("tpe", "random"), default="tpe", help="sampler (default tpe, seeded)")
-        p.add_argument("--train-clips", type=int, help="synthetic train split size (default 150, --quick 60)")
+def options(p) -> None:
+    p.add_argument("--study", help="measure this shipped study file's [train] budget, [space], [sampler] and "
+                                   "[pruner] (e.g. capacity, plan-b) instead of the built-in small search")
+    p.add_argument("--trials", type=int, help="trials per search (default 24, --quick 3)")
+    p.add_argument("--epochs", type=int, help="epoch budget per trial (default 8, or the study's; --quick 2)")
+    p.add_argument("--patience", type=int, help="early-stopping patience (default 3, or the study's)")
+    p.add_argument("--reduction-factor", type=int, help="pruner reduction_factor (default 3)")
+    p.add_argument("--min-resource", type=int, help="pruner min_resource (default 1)")
+    p.add_argument("--pruner", choices=("hyperband", "asha"),
+                   help="pruner of the pruned search (default: the study's, else hyperband)")
+    p.add_argument("--sampler", choices=("tpe", "random"), default="tpe",
+                   help="sampler of the built-in search (default tpe, seeded; --study uses the file's)")
+    p.add_argument("--train-clips", type=int, help="synthetic train split size (default 150, --quick 60)")
+    p.add_argument("--d-models", help="comma-separated d_model choices replacing the space's (default for "
+                                      "--study: the file's; built-in search: 32,64)")
+    p.add_argument("--ffs", help="comma-separated dim_feedforward choices replacing the space's")
 
-    args = parse_args(__doc__.splitlines()[0], extra)
+
+def ints(text: str | None) -> list[int] | None:
+    return [int(x) for x in text.split(",")] if text else None
+
+
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0], options)
     import torch
 
     # One thread: the figures are epoch counts, and single-threaded trials suffer least from other
@@ -162,32 +210,43 @@ def main() -> None:
     torch.set_num_threads(1)
     header("pruning", args.quick)
     args.trials = args.trials or (3 if args.quick else 24)
-    args.epochs = args.epochs or (2 if args.quick else 8)
     args.train_clips = args.train_clips or (60 if args.quick else 150)
-    args.d_models = [16] if args.quick else [32, 64]
-    args.ffs = [32] if args.quick else [64, 128]
-    pruner = (f'type = "{args.pruner}"\nmin_resource = {args.min_resource}\n'
-              f"reduction_factor = {args.reduction_factor}")  # fmt: skip
+    args.d_models, args.ffs = ints(args.d_models), ints(args.ffs)
+    if args.quick:
+        args.epochs, args.d_models, args.ffs = args.epochs or 2, [16], [32]
+    if not args.study:
+        args.epochs, args.patience = args.epochs or 8, args.patience or 3
+        args.d_models, args.ffs = args.d_models or [32, 64], args.ffs or [64, 128]
     with workdir(args.keep) as tmp:
         root = make_corpus(tmp / "corpus", train=args.train_clips, val=max(20, args.train_clips // 5), seed=0)
         from how2sign.batches import TrainData
 
         fingerprint = TrainData.load(root).fingerprint  # packs the cache once, as `start` does
         url = f"sqlite:///{tmp / 'bench.db'}"
-        say(f"{args.trials} trials x {args.epochs} epochs (patience {args.patience}), {args.sampler} sampler, {args.pruner} "
-            f"min_resource {args.min_resource} reduction_factor {args.reduction_factor}; {args.train_clips} train "
-            f"clips; d_model in {args.d_models}; {url}")
-        pruned_study, pruned_s = run_search(write_study(tmp, "pruned", args, pruner), url, root, tmp / "ck",
-                                            fingerprint)  # fmt: skip
+        if args.study:
+            pruned_src, unpruned_src = shipped_raw(args, "pruned", True), shipped_raw(args, "unpruned", False)
+            desc = (f"study {args.study!r}: {args.trials} trials, [train] {pruned_src['train']}, [pruner] "
+                    f"{pruned_src['pruner']}, [sampler] {pruned_src.get('sampler')}")
+        else:
+            pruner = (f'type = "{args.pruner or "hyperband"}"\nmin_resource = {args.min_resource or 1}\n'
+                      f"reduction_factor = {args.reduction_factor or 3}")  # fmt: skip
+            pruned_src = write_study(tmp, "pruned", args, pruner)
+            unpruned_src = write_study(tmp, "unpruned", args, 'type = "none"')
+            desc = (f"{args.trials} trials x {args.epochs} epochs (patience {args.patience}), {args.sampler} "
+                    f"sampler, {pruner.splitlines()}")
+        say(f"{desc}; {args.train_clips} train clips; d_model {args.d_models or 'as the study'}; {url}")
+        pruned_study, pruned_s, spec = run_search(pruned_src, url, root, tmp / "ck", fingerprint)
         pruned = summary(pruned_study)
         params = [t.params for t in pruned["trials"]]
         say(f"pruned search: {pruned_s:.0f}s, {pruned['states']}")
-        unpruned_study, unpruned_s = run_search(write_study(tmp, "unpruned", args, 'type = "none"'), url, root,
-                                                tmp / "ck", fingerprint, enqueue=params)  # fmt: skip
+        unpruned_study, unpruned_s, _ = run_search(unpruned_src, url, root, tmp / "ck", fingerprint, enqueue=params)
         unpruned = summary(unpruned_study)
         say(f"unpruned search: {unpruned_s:.0f}s, {unpruned['states']}")
         assert [t.params for t in unpruned["trials"]] == params, "the unpruned run must train the same configs"
+        report(args, pruned, unpruned, pruned_s, unpruned_s, spec)
 
+
+def report(args, pruned: dict, unpruned: dict, pruned_s: float, unpruned_s: float, spec) -> None:
     say("")
     say(f"{'trial':>5} {'pruned run':>22} {'unpruned run':>22}  params")
     for a, b in zip(pruned["trials"], unpruned["trials"], strict=True):
@@ -199,16 +258,16 @@ def main() -> None:
     ratio = pruned["epochs"] / max(unpruned["epochs"], 1)
     rel = (pruned["best"] - unpruned["best"]) / abs(unpruned["best"])
     say("")
-    say(f"epochs spent: pruned {pruned['epochs']}, unpruned {unpruned['epochs']} (budget {args.trials * args.epochs}); "
-        f"ratio {ratio:.3f}")
+    say(f"epochs spent: pruned {pruned['epochs']}, unpruned {unpruned['epochs']}; ratio {ratio:.3f}")
     say(f"wall time: pruned {pruned_s:.0f}s, unpruned {unpruned_s:.0f}s (ratio {pruned_s / unpruned_s:.3f}, "
         f"includes each completed trial's evaluation)")
-    brackets, floor = pruning_floor(args.pruner, args.min_resource, args.reduction_factor, args.epochs)
-    say(f"{args.pruner} here has {brackets} bracket(s); with unlimited trials of stationary quality (a random sampler) "
-        f"it would spend {floor:.3f} of the unpruned epochs. Each bracket promotes its first trials when they are "
-        f"the best so far, and a sampler that improves over time (TPE) keeps producing trials that beat the "
-        f"earlier ones, so a short search spends more; {pruned['states'].get('COMPLETE', 0)} of {args.trials} trials "
-        f"ran to the end here.")
+    kind = spec.pruner.get("type", "none")
+    if kind in ("hyperband", "asha"):
+        p, epochs = spec.pruner, spec.base_config().total_epochs
+        brackets, floor = pruning_floor(kind, p.get("min_resource", 1), p.get("reduction_factor", 3), epochs)
+        say(f"{kind} here has {brackets} bracket(s); with unlimited trials of stationary quality it would spend "
+            f"{floor:.3f} of the unpruned epochs (a sampler that improves over time spends more); "
+            f"{pruned['states'].get('COMPLETE', 0)} of {args.trials} trials ran to the end here.")
     say(f"best val_loss: pruned {pruned['best']:.4f} (trial {pruned['best_trial']}), unpruned {unpruned['best']:.4f} "
         f"(trial {unpruned['best_trial']}); pruned is {100 * rel:+.2f}% off")
     verdict("pruned / unpruned epochs spent", ratio, TARGET_EPOCHS, at_least=False)

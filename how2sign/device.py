@@ -82,3 +82,74 @@ def describe(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return str(device)
+
+
+# --------------------------------------------------------------------------- counting and memory
+# What one process costs on an accelerator before its first tensor: the CUDA/MPS context, cuBLAS and
+# cuDNN workspaces, and the caching allocator's slack. Measured contexts are 0.3-0.6 GiB on recent cards.
+PROCESS_OVERHEAD_BYTES = 1 << 30
+# Share of a device's memory that trials may plan to fill; the rest absorbs fragmentation and the
+# estimate's error (it is an upper bound for the math attention path, looser with fused attention).
+USABLE_FRACTION = 0.9
+
+
+def visible_gpus() -> int:
+    """CUDA devices this process may use (CUDA_VISIBLE_DEVICES applies); 0 without CUDA."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def mps_available() -> bool:
+    return bool(torch.backends.mps.is_available())
+
+
+def device_total_bytes(name: str) -> int | None:
+    """Memory of an accelerator named like 'cuda:1', 'cuda' or 'mps'; None for the CPU or when unknown."""
+    if name.startswith("cuda") and torch.cuda.is_available():
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index < torch.cuda.device_count():
+            return int(torch.cuda.get_device_properties(index).total_memory)
+    if name == "mps" and mps_available() and hasattr(torch.mps, "recommended_max_memory"):
+        return int(torch.mps.recommended_max_memory())
+    return None
+
+
+def parameter_count(cfg, input_dim: int, vocab_size: int) -> int:
+    """Weights of the translation model for a TrainConfig-like `cfg` (d_model, layers, dim_feedforward),
+    counted from the layer shapes: input projection, encoder and decoder layers, embedding, output head."""
+    d, ff = cfg.d_model, cfg.dim_feedforward
+    attention = 4 * d * d + 4 * d                     # q, k, v and output projections with biases
+    feed_forward = 2 * d * ff + ff + d
+    norm = 2 * d
+    encoder = cfg.encoder_layers * (attention + feed_forward + 2 * norm) + norm
+    decoder = cfg.decoder_layers * (2 * attention + feed_forward + 3 * norm) + norm
+    return (input_dim * d + d + norm) + encoder + decoder + vocab_size * d  # the output head shares the embedding
+
+
+def estimate_trial_bytes(cfg, input_dim: int, vocab_size: int, activation_bytes: int = 4) -> int:
+    """Peak accelerator memory of one training step of `cfg` at its longest batch (max_frames frames,
+    max_tokens tokens), plus one process's overhead. An upper bound, kept simple on purpose:
+
+    - weights, gradients and AdamW's two moments: 16 bytes per fp32 parameter;
+    - activations kept for the backward pass, per layer: about 10 tensors of batch x T x d_model
+      (projections, residuals, norms, dropout masks), two of batch x T x dim_feedforward, and two of
+      batch x heads x T x T for attention weights and their dropout mask (the math attention path;
+      fused kernels keep less);
+    - the output layer's logits, their softmax and its gradient: 3 x batch x tokens x vocabulary.
+    """
+    b, t, n, h, d, ff = cfg.batch_size, cfg.max_frames, cfg.max_tokens, cfg.nhead, cfg.d_model, cfg.dim_feedforward
+    weights = 16 * parameter_count(cfg, input_dim, vocab_size)
+    encoder = cfg.encoder_layers * (10 * b * t * d + 2 * b * t * ff + 2 * b * h * t * t)
+    # Decoder layers: self-attention over the tokens and cross-attention over the frames.
+    decoder = cfg.decoder_layers * (14 * b * n * d + 2 * b * n * ff + 2 * b * h * n * n + 2 * b * h * n * t)
+    logits = 3 * b * n * vocab_size
+    inputs = b * t * input_dim
+    return weights + activation_bytes * (encoder + decoder + logits + inputs) + PROCESS_OVERHEAD_BYTES
+
+
+def trials_that_fit(wanted: int, trial_bytes: int, device_bytes: int | None) -> int:
+    """How many of `wanted` concurrent trials of `trial_bytes` each fit in a device of `device_bytes`
+    (None: unknown or the CPU, no cap). Never less than one: a trial that does not fit still runs and
+    ends as FAIL "out of memory", as it would alone."""
+    if device_bytes is None or trial_bytes <= 0:
+        return wanted
+    return max(1, min(wanted, int(device_bytes * USABLE_FRACTION // trial_bytes)))

@@ -251,8 +251,9 @@ def start(
     storage: StorageOpt = None,
     data: DataOpt = None,
     n_trials: Annotated[int | None, typer.Option(help="Trial budget of the study (default: the study file's).")] = None,
-    workers: Annotated[int, typer.Option(help="Local worker processes (0: only create the study and enqueue the anchor).")] = 1,
-    devices: Annotated[str | None, typer.Option(help="One worker per device, e.g. cuda:0,cuda:1.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Local worker processes, spread over the visible GPUs (default: K per GPU; 1 on a CPU; 0: only create the study and enqueue the anchor).")] = None,
+    devices: Annotated[str | None, typer.Option(help="Devices to use, e.g. cuda:0,cuda:1; each gets --workers-per-device workers (default 1 each).")] = None,
+    workers_per_device: Annotated[int | None, typer.Option(help="Workers per GPU or MPS device (default 4 on GPUs, capped by the largest trial's memory estimate).")] = None,
     checkpoint_dir: CheckpointOpt = None,
     artifact_dir: ArtifactOpt = None,
     as_json: JsonOpt = False,
@@ -265,7 +266,8 @@ def start(
         lambda m: out.print(m, highlight=False, markup=False))
     with _TrialProgress(enabled=not as_json) as bar:
         res = run_start(study, storage=storage, data=data, n_trials=n_trials, workers=workers, devices=devices,
-                        checkpoint_dir=checkpoint_dir, say=say, progress=bar.update, artifact_dir=artifact_dir)
+                        checkpoint_dir=checkpoint_dir, say=say, progress=bar.update, artifact_dir=artifact_dir,
+                        workers_per_device=workers_per_device)
     if as_json:
         print(json.dumps({"study": res.study, "storage": res.url, "seconds": res.seconds,
                           "exit_codes": res.exit_codes, **res.summary}, default=str))

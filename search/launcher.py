@@ -10,6 +10,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from how2sign.device import (
+    device_total_bytes,
+    estimate_trial_bytes,
+    mps_available,
+    trials_that_fit,
+    visible_gpus,
+)
 from how2sign.jobs import choose_data
 
 from .errors import UserError
@@ -46,44 +53,146 @@ def worker_command(study: str, url: str, data: Path, device: str, index: int | N
     return cmd
 
 
-def plan_devices(workers: int, devices: str | None) -> list[str]:
-    if devices:
-        devs = [d.strip() for d in devices.split(",") if d.strip()]
-        if not devs:
-            raise UserError("--devices is empty; give a list like cuda:0,cuda:1")
-        return devs
-    if workers < 0:
+# Workers per accelerator when nothing is asked for. One small-model trial leaves a card mostly idle
+# (host-side work, small kernels): on one H100, 4 workers ended 16 demo trials with 3.5x the trial
+# throughput of one worker (README, "Several trials per GPU"). More than 4 gains little there and
+# multiplies per-process context memory; the memory cap below lowers it where trials are large.
+DEFAULT_WORKERS_PER_DEVICE = 4
+
+
+def _device_list(devices: str) -> list[str]:
+    devs = [d.strip() for d in devices.split(",") if d.strip()]
+    if not devs:
+        raise UserError("--devices is empty; give a list like cuda:0,cuda:1")
+    return devs
+
+
+def plan_devices(workers: int | None, devices: str | None, workers_per_device: int | None, gpu_count: int,
+                 mps: bool) -> list[str]:
+    """The device of each local worker, in start order.
+
+    - `--devices LIST`: each entry gets K workers (K = --workers-per-device, default 1, so a list like
+      cuda,cuda,cuda keeps meaning three workers); with --workers N, N workers go round the list instead.
+    - GPUs visible: K workers per GPU (default DEFAULT_WORKERS_PER_DEVICE), or --workers N spread round
+      robin over cuda:0, cuda:1, ...
+    - Apple MPS: one device, K workers (or N).
+    - CPU only: as before, one 'auto' worker by default, N > 1 -> N cpu workers; K counts as N there.
+    --workers 0 only creates the study."""
+    if workers is not None and workers < 0:
         raise UserError(f"--workers must be >= 0, got {workers}")
-    return ["cpu" if workers > 1 else "auto"] * workers  # 0: only create the study (workers attach elsewhere)
+    if workers_per_device is not None and workers_per_device < 1:
+        raise UserError(f"--workers-per-device must be >= 1, got {workers_per_device}")
+    if workers == 0:
+        return []  # only create the study (workers attach elsewhere)
+    if devices:
+        pool, k = _device_list(devices), workers_per_device or 1
+    elif gpu_count > 0:
+        pool, k = [f"cuda:{i}" for i in range(gpu_count)], workers_per_device or DEFAULT_WORKERS_PER_DEVICE
+    elif mps:
+        pool, k = ["mps"], workers_per_device or DEFAULT_WORKERS_PER_DEVICE
+    else:
+        n = workers if workers is not None else (workers_per_device or 1)
+        return ["cpu" if n > 1 else "auto"] * n
+    n = workers if workers is not None else k * len(pool)
+    return [pool[i % len(pool)] for i in range(n)]  # round robin: cuda:0, cuda:1, ..., cuda:0, ...
 
 
-def start(study: str, *, storage: str | None, data: Path | None, n_trials: int | None, workers: int,
+SQLITE_MAX_WORKERS = 4
+
+
+def sqlite_limit(devs: list[str], url: str, *, asked: bool, say) -> list[str]:
+    """More than 4 workers on one SQLite file contend for its lock: an explicit request for more is an
+    error; the default plan (K per GPU on a many-GPU machine) is cut to the first 4, which the round
+    robin order spreads over the GPUs."""
+    if parse_url(url).backend != "sqlite" or len(devs) <= SQLITE_MAX_WORKERS:
+        return devs
+    if asked:
+        raise UserError(f"{len(devs)} workers on SQLite will contend for one file lock; use PostgreSQL "
+                        f"(--storage postgresql://...) for more than {SQLITE_MAX_WORKERS} workers")
+    say(f"{SQLITE_MAX_WORKERS} workers, not {len(devs)}: SQLite serialises writers; use PostgreSQL "
+        "(--storage postgresql://...) for more")
+    return devs[:SQLITE_MAX_WORKERS]
+
+
+def worst_config(spec):
+    """The study's base config with every numeric searched value at its largest: the trial that needs
+    the most memory (bigger is never smaller in any term of estimate_trial_bytes)."""
+    from how2sign.config import TrainConfig
+
+    raw = dict(spec.train)
+    for p in spec.space:
+        numeric = [v for v in p.values() if isinstance(v, int | float) and not isinstance(v, bool)]
+        if numeric and p.name in TrainConfig.field_types():
+            raw[p.name] = int(max(numeric)) if p.type == "int" else max(numeric)
+    return TrainConfig.from_dict(raw, f"{spec.source}: largest config")
+
+
+def cap_by_memory(devs: list[str], trial_bytes: int, total_bytes) -> tuple[list[str], list[str]]:
+    """Drop workers from any accelerator that cannot hold that many trials of `trial_bytes` at once.
+    `total_bytes(device)` gives a device's memory (None: no cap). Returns (kept devices, one note per
+    capped device)."""
+    kept, notes, seen = [], [], {}
+    for d in devs:
+        seen.setdefault(d, 0)
+        seen[d] += 1
+    allowed = {d: trials_that_fit(n, trial_bytes, total_bytes(d)) for d, n in seen.items()}
+    for d, n in seen.items():
+        if allowed[d] < n:
+            notes.append(f"{d}: {allowed[d]} worker(s), not {n}: the study's largest trial needs about "
+                         f"{trial_bytes / 2**30:.1f} GiB of the device's {total_bytes(d) / 2**30:.1f} GiB")
+    for d in devs:
+        if allowed[d] > 0:
+            kept.append(d)
+            allowed[d] -= 1
+    return kept, notes
+
+
+def memory_capped(devs: list[str], spec, data) -> tuple[list[str], list[str]]:
+    """cap_by_memory for this study on this data; activations count 2 bytes on CUDA (bf16 autocast)."""
+    accelerators = [d for d in devs if d.startswith(("cuda", "mps"))]
+    if not accelerators:
+        return devs, []
+    cfg = worst_config(spec)
+    width = 2 if all(d.startswith("cuda") for d in accelerators) else 4
+    need = estimate_trial_bytes(cfg, data.input_dim, len(data.vocab), activation_bytes=width)
+    return cap_by_memory(devs, need, device_total_bytes)
+
+
+def worker_env(devs: list[str]) -> dict:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cpu_workers = sum(not d.startswith(("cuda", "mps")) for d in devs)
+    if cpu_workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // cpu_workers))  # no oversubscription
+    return env
+
+
+def start(study: str, *, storage: str | None, data: Path | None, n_trials: int | None, workers: int | None,
           devices: str | None, checkpoint_dir: Path | None, say=print, progress=None,
-          artifact_dir: Path | None = None) -> StartResult:
+          artifact_dir: Path | None = None, workers_per_device: int | None = None) -> StartResult:
     spec = load_spec(study)
+    devs = plan_devices(workers, devices, workers_per_device, visible_gpus(), mps_available())
     choice = choose_data(data)
     say(choice.describe())
     if choice.synthetic and spec.demo:
         spec = spec.with_demo()
         say(f"using the [demo] budget of {spec.source.split(' (')[0]}: {spec.n_trials} trials, "
             f"{spec.base_config().epochs} epochs each")
-    devs = plan_devices(workers, devices)
     spec = ensure_encoder(spec, choice, say=say)  # pretrained-encoder arms: checked or built before the study
     url = resolve_url(storage)
-    if parse_url(url).backend == "sqlite" and len(devs) > 4:
-        raise UserError(f"{len(devs)} workers on SQLite will contend for one file lock; use PostgreSQL "
-                        "(--storage postgresql://...) for more than 4 workers")
+    devs = sqlite_limit(devs, url, asked=workers is not None or bool(devices) or workers_per_device is not None,
+                        say=say)
     from how2sign.batches import TrainData
 
-    fingerprint = TrainData.load(choice.root).fingerprint  # packs the cache once, before the workers
+    train_data = TrainData.load(choice.root)  # packs the cache once, before the workers
+    fingerprint = train_data.fingerprint
+    devs, notes = memory_capped(devs, spec, train_data)
+    for note in notes:
+        say(note)
     opened = create_or_load(url, spec, fingerprint, str(choice.root), n_trials)
     say(f"study {opened.spec.name!r} {'created' if opened.created else 'loaded'} in {parse_url(url).masked}"
         + (f"; anchor {opened.spec.anchor_name} enqueued" if opened.anchor_enqueued else ""))
     t0 = time.perf_counter()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cpu_workers = sum(not d.startswith(("cuda", "mps")) for d in devs)
-    if cpu_workers > 1 and "OMP_NUM_THREADS" not in os.environ:
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // cpu_workers))  # no oversubscription
+    env = worker_env(devs)
     # No --worker-index: the study numbers its workers, so `start` on several machines never repeats a seed.
     procs = [subprocess.Popen(worker_command(opened.spec.name, url, choice.root, d, None, checkpoint_dir, artifact_dir),
                               stdin=subprocess.DEVNULL, env=env,
