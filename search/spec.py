@@ -212,10 +212,10 @@ def _check_reachable(space: dict[str, Param], train: dict, anchor: dict, where: 
             continue
         for value in p.values():
             try:
-                TrainConfig.from_dict({**train, **anchor, p.name: value}, f"{where} [space.{p.name}]")
+                TrainConfig.from_dict({**train, **anchor, p.name: value}, "")
             except ConfigError as exc:
                 raise SpecError(f"{where} [space.{p.name}]: the space reaches {p.name} = {value!r}, which "
-                                f"TrainConfig refuses: {exc}") from None
+                                f"TrainConfig refuses: {str(exc).removeprefix(': ')}") from None
 
 
 def _objectives(raw: dict, source: str) -> tuple[tuple[str, ...], tuple[str, ...]]:

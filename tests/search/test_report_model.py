@@ -4,7 +4,6 @@ encoder arms, the metrics.json reader, and that trial attributes are read only t
 from __future__ import annotations
 
 import ast
-import json
 import math
 import re
 from pathlib import Path
@@ -15,6 +14,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 import search.report as report
+from how2sign.run_metrics import RunMetrics
 from search.records import TrialRecord
 from search.report import (
     CONTROL_ARM,
@@ -192,7 +192,7 @@ def test_the_curve_of_a_trial_without_intermediate_values_comes_from_its_metrics
     run.mkdir()
     epochs = [{"epoch": 1, "train_loss": 5.0, "val_loss": 4.0}, {"epoch": 2, "train_loss": 4.0, "val_loss": math.nan},
               {"epoch": 3, "train_loss": 3.0, "val_loss": 3.5}]
-    (run / "metrics.json").write_text(json.dumps({"epochs": epochs}))
+    RunMetrics(best_epoch=3, best_val_loss=3.5, history=epochs).write(run)
     assert read_val_curve(run) == [(1, 4.0), (3, 3.5)]
     assert read_val_curve(tmp_path / "nowhere") == [] and read_val_curve(None) == []
     study = optuna.create_study(directions=["minimize", "minimize"])

@@ -119,7 +119,7 @@ def test_storage_urls_and_masking(monkeypatch):
 # --------------------------------------------------------------------------- values the space can reach
 @pytest.mark.parametrize("key,table,message", [
     ("aug_speed", {"type": "float", "low": 0.0, "high": 1.5}, "[space.aug_speed]: the space reaches aug_speed = 1.5"),
-    ("aug_scale", {"type": "categorical", "choices": [0.0, 0.1, 1.0]}, "aug_scale must be < 1, got 1.0"),
+    ("aug_scale", {"type": "categorical", "choices": [0.0, 0.1, 1.0]}, "which TrainConfig refuses: aug_scale must be in [0, 1), got 1.0"),
     ("lr_min", {"type": "float", "low": 1e-6, "high": 1.0}, "[space.lr_min]: the space reaches lr_min = 1.0"),
 ])
 def test_a_space_that_reaches_an_invalid_value_is_refused(key, table, message):
@@ -137,10 +137,10 @@ def test_the_anchor_and_train_tables_are_checked_the_same_way():
     raw["anchor"]["params"]["aug_speed"] = 0.5
     parse(raw, "studies/capacity.toml")  # the ends of the space are allowed
     raw["anchor"]["params"]["aug_speed"] = 1.2
-    with pytest.raises(SpecError, match=r"^studies/capacity.toml \[anchor.params\]: aug_speed must be < 1"):
+    with pytest.raises(SpecError, match=r"^studies/capacity.toml \[anchor.params\]: aug_speed must be in \[0, 1\)"):
         parse(raw, "studies/capacity.toml")
     raw["train"]["aug_speed"] = 1.0
-    with pytest.raises(SpecError, match=r"^studies/capacity.toml: \[train\]: aug_speed must be < 1"):
+    with pytest.raises(SpecError, match=r"^studies/capacity.toml: \[train\]: aug_speed must be in \[0, 1\)"):
         parse(raw, "studies/capacity.toml")
 
 
