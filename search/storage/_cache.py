@@ -1,0 +1,191 @@
+"""A worker's reads that do not grow with the fleet: Optuna's cached storage with a short time-to-live.
+
+Optuna's `_CachedStorage` keeps finished trials, but re-reads every unfinished trial in full (parameters,
+attributes, intermediate values) on every `get_all_trials`: with 256 workers that is 256 running trials,
+three times per `ask` and again at each pruning rung. Here a full read happens at most once per `ttl`
+seconds; in between, one narrow query (trial id and state of every trial) keeps the *set* of trials and
+their *states* exact, and only trials that are new, changed state, or were written by this process are
+loaded. So budget counting, popping WAITING trials and heartbeat retries see the truth; only a running
+trial's contents written by *other* processes may lag by up to `ttl` seconds. Writes and heartbeats are
+never cached. See docs/architecture.md ("Storage").
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from optuna.storages import RDBStorage
+from optuna.storages._cached_storage import _CachedStorage, _StudyInfo
+from optuna.trial import FrozenTrial, TrialState
+
+from ._url import CACHE_SECONDS
+
+
+class FleetCachedStorage(_CachedStorage):
+    """`_CachedStorage` whose full re-reads of running trials happen at most every `ttl` seconds."""
+
+    def __init__(self, backend: RDBStorage, ttl: float = CACHE_SECONDS) -> None:
+        super().__init__(backend)
+        self.ttl = float(ttl)
+        self._reset_clock()
+
+    def _reset_clock(self) -> None:
+        self._full_at: dict[int, float] = {}      # study id -> monotonic time of its last full read
+        self._dirty: dict[int, set[int]] = {}     # study id -> trial ids written by this process since
+        self._names: dict[str, tuple[float, int]] = {}
+        self._user_attrs: dict[int, tuple[float, dict[str, Any]]] = {}
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        super().__setstate__(state)
+        self._reset_clock()  # another process's clock: its first read is a full one
+
+    @property
+    def engine(self):
+        return self._backend.engine
+
+    def invalidate(self, study_id: int | None = None) -> None:
+        """Make the next read of the study (or of every study) a full one."""
+        with self._lock:
+            if study_id is None:
+                self._full_at.clear()
+                self._user_attrs.clear()
+            else:
+                self._full_at.pop(study_id, None)
+                self._user_attrs.pop(study_id, None)
+
+    # ------------------------------------------------------------------ study look-ups
+    def _fresh(self, stamp: float) -> bool:
+        return self.ttl > 0 and time.monotonic() - stamp < self.ttl
+
+    def get_study_id_from_name(self, study_name: str) -> int:
+        with self._lock:
+            hit = self._names.get(study_name)
+        if hit is not None and self._fresh(hit[0]):
+            return hit[1]
+        study_id = self._backend.get_study_id_from_name(study_name)
+        with self._lock:
+            self._names[study_name] = (time.monotonic(), study_id)
+        return study_id
+
+    def get_study_user_attrs(self, study_id: int) -> dict[str, Any]:
+        with self._lock:
+            hit = self._user_attrs.get(study_id)
+        if hit is not None and self._fresh(hit[0]):
+            return copy.deepcopy(hit[1])
+        attrs = self._backend.get_study_user_attrs(study_id)
+        with self._lock:
+            self._user_attrs[study_id] = (time.monotonic(), copy.deepcopy(attrs))
+        return attrs
+
+    def set_study_user_attr(self, study_id: int, key: str, value: Any) -> None:
+        try:
+            super().set_study_user_attr(study_id, key, value)
+        finally:
+            with self._lock:
+                self._user_attrs.pop(study_id, None)
+
+    def delete_study(self, study_id: int) -> None:
+        with self._lock:
+            self._names = {k: v for k, v in self._names.items() if v[1] != study_id}
+            self._user_attrs.pop(study_id, None)
+            self._full_at.pop(study_id, None)
+            self._dirty.pop(study_id, None)
+        super().delete_study(study_id)
+
+    # ------------------------------------------------------------------ trial writes mark the trial
+    def _mark(self, trial_id: int) -> None:
+        with self._lock:
+            where = self._trial_id_to_study_id_and_number.get(trial_id)
+            if where is not None:
+                self._dirty.setdefault(where[0], set()).add(trial_id)
+
+    def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float, distribution) -> None:
+        try:
+            super().set_trial_param(trial_id, param_name, param_value_internal, distribution)
+        finally:
+            self._mark(trial_id)
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
+                               ) -> bool:
+        try:
+            return super().set_trial_state_values(trial_id, state, values)
+        finally:
+            self._mark(trial_id)  # also when it failed: another process finished the trial under us
+
+    def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
+        try:
+            super().set_trial_intermediate_value(trial_id, step, intermediate_value)
+        finally:
+            self._mark(trial_id)
+
+    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        try:
+            super().set_trial_user_attr(trial_id, key, value)
+        finally:
+            self._mark(trial_id)
+
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        try:
+            super().set_trial_system_attr(trial_id, key, value)
+        finally:
+            self._mark(trial_id)
+
+    def set_trial_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
+        """Several user attributes in one transaction, where the backend offers it."""
+        try:
+            if hasattr(self._backend, "set_trial_user_attrs"):
+                self._backend.set_trial_user_attrs(trial_id, attrs)
+            else:
+                for key, value in attrs.items():
+                    self._backend.set_trial_user_attr(trial_id, key, value)
+        finally:
+            self._mark(trial_id)
+
+    # ------------------------------------------------------------------ reads
+    def _read_trials_from_remote_storage(self, study_id: int) -> None:
+        now = time.monotonic()
+        with self._lock:
+            known = study_id in self._studies
+            full = (not known or self.ttl <= 0 or not hasattr(self._backend, "_trial_states")
+                    or now - self._full_at.get(study_id, -math.inf) >= self.ttl)
+            if full:
+                self._dirty.pop(study_id, None)  # the full read below sees every write made so far
+        if full:
+            super()._read_trials_from_remote_storage(study_id)
+            with self._lock:
+                self._full_at[study_id] = now
+            return
+        self._light_refresh(study_id)
+
+    def _light_refresh(self, study_id: int) -> None:
+        rows = self._backend._trial_states(study_id)
+        with self._lock:
+            study = self._studies.setdefault(study_id, _StudyInfo())
+            known = {t._trial_id: t.state for t in study.trials.values()}
+            dirty = self._dirty.pop(study_id, set())
+            want = {tid for tid, state in rows if known.get(tid) != state} | (dirty & known.keys())
+        if not want:
+            return
+        try:
+            trials = self._backend._get_trials(study_id, None, included_trial_ids=want,
+                                               trial_id_greater_than=max(want))
+        except BaseException:
+            with self._lock:
+                self._dirty.setdefault(study_id, set()).update(dirty)
+            raise
+        with self._lock:
+            self._absorb(study_id, trials)
+
+    def _absorb(self, study_id: int, trials: list[FrozenTrial]) -> None:
+        """What _CachedStorage does with freshly read trials (the caller holds the lock)."""
+        study = self._studies[study_id]
+        self._add_trials_to_cache(study_id, trials)
+        for trial in trials:
+            if not trial.state.is_finished():
+                study.unfinished_trial_ids.add(trial._trial_id)
+                continue
+            study.unfinished_trial_ids.discard(trial._trial_id)
