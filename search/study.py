@@ -174,6 +174,15 @@ def retried_numbers(trials) -> set[int]:
     return out
 
 
+def epochs_done(t) -> int | None:
+    """Epochs a trial has finished: its last reported step while it runs (one storage write per epoch:
+    trial.report), else the epochs_run attribute recorded at its end (or by multi-objective trials, which
+    report nothing)."""
+    if t.intermediate_values:
+        return max(int(step) for step in t.intermediate_values)
+    return t.user_attrs.get("epochs_run")
+
+
 def budget_used(study: optuna.Study) -> tuple[int, int]:
     """(trials counted against the budget, trials waiting to run)."""
     trials = study.get_trials(deepcopy=False)

@@ -7,7 +7,7 @@ import datetime as dt
 import optuna
 from optuna.trial import TrialState
 
-from .study import ATTR_BUDGET, anchor_trials, budget_used
+from .study import ATTR_BUDGET, anchor_trials, budget_used, epochs_done
 
 ROW_ATTRS = ("params", "epochs_run", "best_epoch", "train_loss", "val_loss", "gap", "bleu", "chrf",
              "vocab_coverage", "repetition_rate", "verdict", "device", "host", "seconds", "resumed_from_epoch",
@@ -42,7 +42,7 @@ def summarize(study: optuna.Study) -> dict:
         if t.state == TrialState.RUNNING:
             start = t.datetime_start.replace(tzinfo=None) if t.datetime_start else None
             running.append({"number": t.number, "host": t.user_attrs.get("host"), "device": t.user_attrs.get("device"),
-                            "epochs_run": t.user_attrs.get("epochs_run"), "anchor": bool(t.user_attrs.get("anchor")),
+                            "epochs_run": epochs_done(t), "anchor": bool(t.user_attrs.get("anchor")),
                             "running_seconds": (now - start).total_seconds() if start else None})
     return {
         "study": study.study_name,

@@ -52,14 +52,18 @@ def checkpoint_root(settings: WorkerSettings) -> Path:
 
 
 class StopFlag:
-    """SIGTERM / Ctrl-C: finish the current trial cleanly, then leave. A second signal stops at once."""
+    """SIGTERM / SIGHUP / Ctrl-C: finish the current trial cleanly, then leave. A second signal stops at once.
+
+    SIGHUP (the terminal closed) is a request to stop like SIGTERM, not a reason to vanish mid-trial.
+    """
 
     def __init__(self):
         self.set = False
         self.signal = ""
 
     def install(self) -> None:
-        self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+        self._previous = {sig: signal.signal(sig, self._handle)
+                          for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
 
     def restore(self) -> None:
         """Give the caller back its own handlers (run_worker may be used as a library)."""
