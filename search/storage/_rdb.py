@@ -80,7 +80,7 @@ class ReconnectingRDBStorage(RDBStorage):
     """
 
     def __init__(self, url: str, engine_kwargs: dict[str, Any] | None = None, *args: Any, **kwargs: Any) -> None:
-        if url.startswith("sqlite"):
+        if _shared_sqlite(url):
             # SQLAlchemy, not the sqlite3 module, must own transactions for BEGIN IMMEDIATE to govern them.
             engine_kwargs = dict(engine_kwargs or {})
             engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT, **engine_kwargs.get("connect_args", {}),
@@ -93,7 +93,7 @@ class ReconnectingRDBStorage(RDBStorage):
         self._serialise_if_sqlite()
 
     def _serialise_if_sqlite(self) -> None:
-        if self.url.startswith("sqlite"):
+        if _shared_sqlite(self.url):
             _serialise_sqlite(self.engine)
 
     def set_trial_user_attrs(self, trial_id: int, attrs: dict) -> None:
@@ -119,6 +119,14 @@ class ReconnectingRDBStorage(RDBStorage):
 for _name in (*_RECONNECTING, "set_trial_user_attrs", "_trial_states"):
     setattr(ReconnectingRDBStorage, _name, _reconnecting(_name, getattr(ReconnectingRDBStorage, _name)))
 del _name
+
+
+def _shared_sqlite(url: str) -> bool:
+    """A SQLite file other processes may open (not an in-memory database, private to its connection)."""
+    if not url.startswith("sqlite"):
+        return False
+    path = url.split(":///", 1)[1] if ":///" in url else ""
+    return bool(path) and not path.startswith(":memory:") and "mode=memory" not in path
 
 
 def _reconnecting_class() -> type[ReconnectingRDBStorage]:
