@@ -67,8 +67,9 @@ def open_storage(url: str | None = None, *, heartbeat: bool = True, cache: bool 
                  ttl: float | None = None):
     """The one factory: URL (or $H2S_STORAGE, or the default SQLite file) -> storage.
 
-    cache: wrap it in a FleetCachedStorage whose full re-reads of running trials happen at most every
-    `ttl` seconds (default $H2S_CACHE_SECONDS, else CACHE_SECONDS; 0 reads everything every time).
+    cache: wrap it in a FleetCachedStorage: reads see new trials, states and added rows at once, and
+    re-read running trials in full at most every `ttl` seconds (default $H2S_CACHE_SECONDS, else
+    CACHE_SECONDS; 0: every read is Optuna's full read).
     """
     import optuna
     from optuna.storages import RetryHeartbeatStaleTrialCallback

@@ -1,13 +1,14 @@
-"""A worker's reads that do not grow with the fleet: Optuna's cached storage with a short time-to-live.
+"""A worker's reads that do not grow with the fleet: Optuna's cached storage, refreshed incrementally.
 
 Optuna's `_CachedStorage` keeps finished trials, but re-reads every unfinished trial in full (parameters,
 attributes, intermediate values) on every `get_all_trials`: with 256 workers that is 256 running trials,
-three times per `ask` and again at each pruning rung. Here a full read happens at most once per `ttl`
-seconds; in between, one narrow query (trial id and state of every trial) keeps the *set* of trials and
-their *states* exact, and only trials that are new, changed state, or were written by this process are
-loaded. So budget counting, popping WAITING trials and heartbeat retries see the truth; only a running
-trial's contents written by *other* processes may lag by up to `ttl` seconds. Writes and heartbeats are
-never cached. See docs/architecture.md ("Storage").
+three times per `ask` and again at each pruning rung. Here each read instead runs a few narrow queries:
+the id and state of every trial of the study, and the parameter, intermediate-value and attribute rows
+added since the last read (row ids above a mark). Trials that are new, changed state or were written by
+this process are loaded in full. So the set of trials, their states, and whatever other workers *added*
+to running trials (reports, rung results) are exact on every read; only an attribute another worker
+*overwrote* in place may lag, by at most `ttl` seconds, the interval of a full re-read of running trials.
+Writes and heartbeats are never cached. See docs/architecture.md ("Storage").
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from ._url import CACHE_SECONDS
 
 
 class FleetCachedStorage(_CachedStorage):
-    """`_CachedStorage` whose full re-reads of running trials happen at most every `ttl` seconds."""
+    """`_CachedStorage` whose full re-reads of running trials happen at most every `ttl` seconds; reads in
+    between cost a few index range scans (see the module's docstring)."""
 
     def __init__(self, backend: RDBStorage, ttl: float = CACHE_SECONDS) -> None:
         super().__init__(backend)
@@ -38,6 +40,7 @@ class FleetCachedStorage(_CachedStorage):
         self._dirty: dict[int, set[int]] = {}     # study id -> trial ids written by this process since
         self._names: dict[str, tuple[float, int]] = {}
         self._user_attrs: dict[int, tuple[float, dict[str, Any]]] = {}
+        self._marks: dict[int, dict[str, int]] = {}  # study id -> highest row id seen per per-trial table
 
     def __setstate__(self, state: dict[Any, Any]) -> None:
         super().__setstate__(state)
@@ -52,9 +55,11 @@ class FleetCachedStorage(_CachedStorage):
         with self._lock:
             if study_id is None:
                 self._full_at.clear()
+                self._marks.clear()
                 self._user_attrs.clear()
             else:
                 self._full_at.pop(study_id, None)
+                self._marks.pop(study_id, None)
                 self._user_attrs.pop(study_id, None)
 
     # ------------------------------------------------------------------ study look-ups
@@ -149,25 +154,33 @@ class FleetCachedStorage(_CachedStorage):
     def _read_trials_from_remote_storage(self, study_id: int) -> None:
         now = time.monotonic()
         with self._lock:
-            known = study_id in self._studies
-            full = (not known or self.ttl <= 0 or not hasattr(self._backend, "_trial_states")
+            known = study_id in self._studies and study_id in self._marks
+            full = (not known or self.ttl <= 0 or not hasattr(self._backend, "_trial_news")
                     or now - self._full_at.get(study_id, -math.inf) >= self.ttl)
             if full:
                 self._dirty.pop(study_id, None)  # the full read below sees every write made so far
-        if full:
-            super()._read_trials_from_remote_storage(study_id)
-            with self._lock:
-                self._full_at[study_id] = now
+        if not full:
+            self._light_refresh(study_id)
             return
-        self._light_refresh(study_id)
+        # Marks first: a row added during the full read is then read again next time, never missed.
+        marks = self._backend._child_marks() if hasattr(self._backend, "_child_marks") else None
+        super()._read_trials_from_remote_storage(study_id)
+        with self._lock:
+            self._full_at[study_id] = now
+            if marks is not None:
+                self._marks[study_id] = marks
 
     def _light_refresh(self, study_id: int) -> None:
-        rows = self._backend._trial_states(study_id)
+        with self._lock:
+            marks = self._marks[study_id]
+        rows, news, marks = self._backend._trial_news(study_id, marks)
         with self._lock:
             study = self._studies.setdefault(study_id, _StudyInfo())
             known = {t._trial_id: t.state for t in study.trials.values()}
             dirty = self._dirty.pop(study_id, set())
             want = {tid for tid, state in rows if known.get(tid) != state} | (dirty & known.keys())
+            self._apply(study, news, skip=want)
+            self._marks[study_id] = marks
         if not want:
             return
         try:
@@ -179,6 +192,38 @@ class FleetCachedStorage(_CachedStorage):
             raise
         with self._lock:
             self._absorb(study_id, trials)
+
+    def _apply(self, study: _StudyInfo, news: dict[str, list], skip: set[int]) -> None:
+        """Other workers' new rows onto copies of the cached running trials (the caller holds the lock).
+
+        Copies, not edits: a caller may still hold the old FrozenTrial objects (deepcopy=False).
+        """
+        fresh: dict[int, FrozenTrial] = {}
+        for name, rows in news.items():
+            for row in rows:
+                tid = row[0]
+                where = self._trial_id_to_study_id_and_number.get(tid)
+                if tid in skip or where is None or where[1] not in study.trials:
+                    continue  # reloaded in full below, or not ours to know yet
+                t = fresh.get(tid)
+                if t is None:
+                    old = study.trials[where[1]]
+                    if old.state.is_finished():
+                        continue
+                    t = fresh[tid] = copy.copy(old)
+                    t.params, t.distributions = dict(old.params), dict(old.distributions)
+                    t.user_attrs, t.system_attrs = dict(old.user_attrs), dict(old.system_attrs)
+                    t.intermediate_values = dict(old.intermediate_values)
+                if name == "params":
+                    t.params[row[1]], t.distributions[row[1]] = row[2], row[3]
+                elif name == "intermediate":
+                    t.intermediate_values[row[1]] = row[2]
+                elif name == "user":
+                    t.user_attrs[row[1]] = row[2]
+                else:
+                    t.system_attrs[row[1]] = row[2]
+        for t in fresh.values():
+            study.trials[t.number] = t
 
     def _absorb(self, study_id: int, trials: list[FrozenTrial]) -> None:
         """What _CachedStorage does with freshly read trials (the caller holds the lock)."""

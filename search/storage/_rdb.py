@@ -105,20 +105,70 @@ class ReconnectingRDBStorage(RDBStorage):
             for key, value in attrs.items():
                 self._set_trial_attr_without_commit(session, models.TrialUserAttributeModel, trial_id, key, value)
 
-    def _trial_states(self, study_id: int) -> list[tuple[int, Any]]:
-        """(trial id, state) of every trial of the study: one narrow query, for FleetCachedStorage."""
+    def _child_marks(self) -> dict[str, int]:
+        """The highest row id of each per-trial table now: rows above it are news to a reader."""
+        from optuna.storages._rdb.storage import _create_scoped_session
+        from sqlalchemy import func
+
+        with _create_scoped_session(self.scoped_session) as session:
+            return {name: session.query(func.max(pk)).scalar() or 0 for name, (_, pk) in _children().items()}
+
+    def _trial_news(self, study_id: int, marks: dict[str, int]) -> tuple[list, dict[str, list], dict[str, int]]:
+        """(trial id and state of every trial of the study, rows added since `marks` per table, new marks).
+
+        Params, intermediate values and attributes are only ever added to a running trial (an attribute
+        may also be overwritten in place: that is what FleetCachedStorage's periodic full read is for), so
+        rows above the last mark are all that a reader needs besides the states. Each query is one index
+        range scan; the sizes do not grow with the study, only with what happened since the last read.
+        """
         from optuna.storages._rdb import models
         from optuna.storages._rdb.storage import _create_scoped_session
 
+        out: dict[str, list] = {}
+        new_marks = dict(marks)
         with _create_scoped_session(self.scoped_session) as session:
-            rows = (session.query(models.TrialModel.trial_id, models.TrialModel.state)
-                    .filter(models.TrialModel.study_id == study_id).all())
-        return [(tid, state) for tid, state in rows]
+            states = (session.query(models.TrialModel.trial_id, models.TrialModel.state)
+                      .filter(models.TrialModel.study_id == study_id).all())
+            for name, (model, pk) in _children().items():
+                rows = (session.query(model).join(models.TrialModel, model.trial_id == models.TrialModel.trial_id)
+                        .filter(models.TrialModel.study_id == study_id, pk > marks.get(name, 0))
+                        .order_by(pk).all())
+                out[name] = [_decode(name, r) for r in rows]
+                if rows:
+                    new_marks[name] = max(new_marks.get(name, 0), getattr(rows[-1], pk.key))
+        return [(tid, state) for tid, state in states], out, new_marks
 
 
-for _name in (*_RECONNECTING, "set_trial_user_attrs", "_trial_states"):
+for _name in (*_RECONNECTING, "set_trial_user_attrs", "_trial_news", "_child_marks"):
     setattr(ReconnectingRDBStorage, _name, _reconnecting(_name, getattr(ReconnectingRDBStorage, _name)))
 del _name
+
+
+def _children() -> dict:
+    from optuna.storages._rdb import models
+
+    return {"params": (models.TrialParamModel, models.TrialParamModel.param_id),
+            "intermediate": (models.TrialIntermediateValueModel,
+                             models.TrialIntermediateValueModel.trial_intermediate_value_id),
+            "user": (models.TrialUserAttributeModel, models.TrialUserAttributeModel.trial_user_attribute_id),
+            "system": (models.TrialSystemAttributeModel, models.TrialSystemAttributeModel.trial_system_attribute_id)}
+
+
+def _decode(name: str, row) -> tuple:
+    """(trial id, key, value[, distribution]) of one per-trial row, as FrozenTrial holds it."""
+    import json
+
+    from optuna import distributions
+    from optuna.storages._rdb import models
+
+    if name == "params":
+        dist = distributions.json_to_distribution(row.distribution_json)
+        return row.trial_id, row.param_name, dist.to_external_repr(row.param_value), dist
+    if name == "intermediate":
+        value = models.TrialIntermediateValueModel.stored_repr_to_intermediate_value(
+            row.intermediate_value, row.intermediate_value_type)
+        return row.trial_id, row.step, value
+    return row.trial_id, row.key, json.loads(row.value_json)
 
 
 def _shared_sqlite(url: str) -> bool:

@@ -187,24 +187,31 @@ def test_the_cache_gives_the_same_prune_decisions_as_uncached_storage(backend, m
         getattr(s, "_backend", s).engine.dispose()
 
 
-def test_other_workers_trials_and_states_are_exact_and_contents_lag_at_most_the_ttl(pg_db):
+def test_other_workers_trials_states_and_reports_are_exact_and_overwrites_lag_at_most_the_ttl(pg_db):
     mine = open_storage(pg_db.url, heartbeat=False, cache=True, ttl=3600)
     theirs = open_storage(pg_db.url, heartbeat=False)
     study = optuna.create_study(study_name="s", storage=mine)
     other = optuna.load_study(study_name="s", storage=theirs)
     study.enqueue_trial({"x": 0.5})
     assert [t.state for t in study.get_trials()] == [TrialState.WAITING]
-    t = other.ask()  # another worker pops the enqueued trial and reports
+    t = other.ask()  # another worker pops the enqueued trial, reports, and records an attribute
+    t.suggest_float("x", 0, 1)
+    t.set_user_attr("host", "a")
+    assert [x.state for x in study.get_trials()] == [TrialState.RUNNING]  # states: exact
     t.report(1.0, 1)
-    got = study.get_trials()
-    assert [x.state for x in got] == [TrialState.RUNNING]  # states: always exact (a changed state reloads)
-    assert got[0].intermediate_values == {1: 1.0}
     t.report(2.0, 2)
-    assert study.get_trials()[0].intermediate_values == {1: 1.0}  # contents: up to the time-to-live behind
+    t.suggest_float("y", 0, 1)
+    t.storage.set_trial_system_attr(t._trial_id, "completed_rung_0", 2.0)
+    got = study.get_trials()[0]
+    assert got.intermediate_values == {1: 1.0, 2: 2.0}  # added rows: at once
+    assert got.params == {"x": 0.5, "y": t.params["y"]} and got.system_attrs["completed_rung_0"] == 2.0
+    t.set_user_attr("host", "b")  # overwritten in place: seen at the next full read (ttl)
     other.enqueue_trial({"x": 0.7})
-    assert [x.state for x in study.get_trials()] == [TrialState.RUNNING, TrialState.WAITING]  # new trials: at once
+    got = study.get_trials()
+    assert [x.state for x in got] == [TrialState.RUNNING, TrialState.WAITING]  # new trials: at once
+    assert got[0].user_attrs == {"host": "a"}
     mine.invalidate(study._study_id)
-    assert study.get_trials()[0].intermediate_values == {1: 1.0, 2: 2.0}
+    assert study.get_trials()[0].user_attrs == {"host": "b"}
     other.tell(t, 1.0)
     assert study.get_trials()[0].state == TrialState.COMPLETE and study.get_trials()[0].value == 1.0
     for s in (mine._backend, theirs):
