@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import warnings
 from dataclasses import dataclass
 
 import optuna
@@ -96,7 +97,9 @@ def create_or_load(url: str | None, spec: StudySpec, fingerprint: str, data_desc
             if created:
                 study = optuna.create_study(study_name=spec.name, storage=storage,
                                             directions=list(spec.directions))
-                study.set_metric_names(list(spec.metrics))
+                with warnings.catch_warnings():  # experimental in Optuna; silenced here only
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    study.set_metric_names(list(spec.metrics))
                 study.set_user_attr(ATTR_SPEC, spec.raw)
                 study.set_user_attr(ATTR_FINGERPRINT, fingerprint)
                 study.set_user_attr(ATTR_BUDGET, n_trials or spec.n_trials)
@@ -239,8 +242,6 @@ class BudgetGate:
 
 def fail_stale_trials(study: optuna.Study) -> None:
     """Fail trials whose heartbeat stopped (their worker died) and re-queue them via the retry callback."""
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)

@@ -91,7 +91,11 @@ def is_oom(exc: BaseException) -> bool:
 def retried_from(trial: optuna.Trial) -> int | None:
     """The number of the stale trial this one retries (set by RetryHeartbeatStaleTrialCallback)."""
     frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
-    return optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
+    import warnings
+
+    with warnings.catch_warnings():  # experimental in Optuna; silenced here only, not process-wide
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
 
 
 def make_objective(opened: Opened, data: TrainData, settings: WorkerSettings, gate: BudgetGate, stop: StopFlag,

@@ -16,12 +16,11 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Sequence
 from typing import Any
 
 from optuna.storages import RDBStorage
 from optuna.storages._cached_storage import _CachedStorage, _StudyInfo
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from ._url import CACHE_SECONDS
 
@@ -101,43 +100,31 @@ class FleetCachedStorage(_CachedStorage):
             self._dirty.pop(study_id, None)
         super().delete_study(study_id)
 
-    # ------------------------------------------------------------------ trial writes mark the trial
-    def _mark(self, trial_id: int) -> None:
+    # ------------------------------------------------------------------ trial writes
+    # A row this process adds (a report, a parameter, a new attribute) comes back with the next read's
+    # narrow queries, and a state change with its state listing. Only an attribute overwritten in place
+    # leaves no trace there: that trial is marked, and the next read loads it in full.
+    def _mark(self, trial_id: int, table: str = "", keys=()) -> None:
         with self._lock:
             where = self._trial_id_to_study_id_and_number.get(trial_id)
-            if where is not None:
+            if where is None or where[0] not in self._studies:
+                return
+            cached = self._studies[where[0]].trials.get(where[1])
+            if cached is None or not hasattr(self._backend, "_trial_news") or any(
+                    k in (cached.user_attrs if table == "user" else cached.system_attrs) for k in keys):
                 self._dirty.setdefault(where[0], set()).add(trial_id)
-
-    def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float, distribution) -> None:
-        try:
-            super().set_trial_param(trial_id, param_name, param_value_internal, distribution)
-        finally:
-            self._mark(trial_id)
-
-    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
-                               ) -> bool:
-        try:
-            return super().set_trial_state_values(trial_id, state, values)
-        finally:
-            self._mark(trial_id)  # also when it failed: another process finished the trial under us
-
-    def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
-        try:
-            super().set_trial_intermediate_value(trial_id, step, intermediate_value)
-        finally:
-            self._mark(trial_id)
 
     def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
         try:
             super().set_trial_user_attr(trial_id, key, value)
         finally:
-            self._mark(trial_id)
+            self._mark(trial_id, "user", (key,))
 
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
         try:
             super().set_trial_system_attr(trial_id, key, value)
         finally:
-            self._mark(trial_id)
+            self._mark(trial_id, "system", (key,))
 
     def set_trial_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
         """Several user attributes in one transaction, where the backend offers it."""
@@ -148,9 +135,19 @@ class FleetCachedStorage(_CachedStorage):
                 for key, value in attrs.items():
                     self._backend.set_trial_user_attr(trial_id, key, value)
         finally:
-            self._mark(trial_id)
+            self._mark(trial_id, "user", tuple(attrs))
 
     # ------------------------------------------------------------------ reads
+    def get_trial_system_attrs(self, trial_id: int) -> dict[str, Any]:
+        """What a pruner reads of its own trial at every epoch: one query, not a whole trial's six."""
+        with self._lock:
+            trial = self._get_cached_trial(trial_id)
+        if trial is not None:
+            return trial.system_attrs
+        if hasattr(self._backend, "_trial_system_attrs"):
+            return self._backend._trial_system_attrs(trial_id)
+        return super().get_trial_system_attrs(trial_id)
+
     def _read_trials_from_remote_storage(self, study_id: int) -> None:
         now = time.monotonic()
         with self._lock:

@@ -105,6 +105,20 @@ class ReconnectingRDBStorage(RDBStorage):
             for key, value in attrs.items():
                 self._set_trial_attr_without_commit(session, models.TrialUserAttributeModel, trial_id, key, value)
 
+    def _trial_system_attrs(self, trial_id: int) -> dict[str, Any]:
+        """One trial's system attributes in one query (a pruner's look at its own trial, every epoch)."""
+        import json
+
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        model = models.TrialSystemAttributeModel
+        with _create_scoped_session(self.scoped_session) as session:
+            rows = session.query(model.key, model.value_json).filter(model.trial_id == trial_id).all()
+            if not rows:
+                models.TrialModel.find_or_raise_by_id(trial_id, session)  # KeyError for an unknown trial
+        return {key: json.loads(value) for key, value in rows}
+
     def _child_marks(self) -> dict[str, int]:
         """The highest row id of each per-trial table now: rows above it are news to a reader."""
         from optuna.storages._rdb.storage import _create_scoped_session
@@ -139,7 +153,8 @@ class ReconnectingRDBStorage(RDBStorage):
         return [(tid, state) for tid, state in states], out, new_marks
 
 
-for _name in (*_RECONNECTING, "set_trial_user_attrs", "_trial_news", "_child_marks"):
+for _name in (*_RECONNECTING, "set_trial_user_attrs", "_trial_news", "_child_marks",
+              "_trial_system_attrs"):
     setattr(ReconnectingRDBStorage, _name, _reconnecting(_name, getattr(ReconnectingRDBStorage, _name)))
 del _name
 
