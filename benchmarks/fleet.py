@@ -101,61 +101,65 @@ def _distributions() -> dict:
             "batch_size": distribution_to_json(CategoricalDistribution([8, 16]))}
 
 
-def _trial_rows(cur, study_id: int, number: int, state: str, epochs: int, rng: random.Random, steps: int) -> int:
-    """One trial as Optuna stores it; returns its id."""
-    cur.execute("INSERT INTO trials (number, study_id, state, datetime_start, datetime_complete) "
-                "VALUES (%s, %s, %s, now(), %s) RETURNING trial_id",
-                (number, study_id, state, None if state == "RUNNING" else "now()"))
-    tid = cur.fetchone()[0]
-    dists = _distributions()
-    cur.executemany("INSERT INTO trial_params (trial_id, param_name, param_value, distribution_json) "
-                    "VALUES (%s, %s, %s, %s)",
-                    [(tid, "dropout", rng.uniform(0, 0.5), dists["dropout"]),
-                     (tid, "lr", rng.uniform(1e-4, 3e-3), dists["lr"]),
-                     (tid, "batch_size", float(rng.randrange(2)), dists["batch_size"])])
-    base = rng.uniform(3, 5)
-    cur.executemany("INSERT INTO trial_intermediate_values (trial_id, step, intermediate_value, "
-                    "intermediate_value_type) VALUES (%s, %s, %s, 'FINITE')",
-                    [(tid, s, base + 1 / s) for s in range(1, steps + 1)])
-    cur.executemany("INSERT INTO trial_system_attributes (trial_id, key, value_json) VALUES (%s, %s, %s)",
-                    [(tid, f"completed_rung_{r}", json.dumps(base + 1 / 3 ** r)) for r in range(3)
-                     if 3 ** r <= steps])
-    attrs = {"anchor": False, "host": "gpu-node", "device": "cuda:0", "checkpoint": f"/ck/trial-{number:05d}",
-             "h2s_version": "0.1.0", "torch_version": "2.13", "optuna_version": "5.0.0", "seed": number,
-             "fail_reason": None, "resumed_from_epoch": None}
-    if state != "RUNNING":
-        attrs.update(params=30784, epochs_run=steps, best_epoch=steps, val_loss=base, gap=0.05, seconds=30.0)
-    cur.executemany("INSERT INTO trial_user_attributes (trial_id, key, value_json) VALUES (%s, %s, %s)",
-                    [(tid, k, json.dumps(v)) for k, v in attrs.items()])
-    if state == "COMPLETE":
-        cur.execute("INSERT INTO trial_values (trial_id, objective, value, value_type) "
-                    "VALUES (%s, 0, %s, 'FINITE')", (tid, base))
-    else:
-        cur.execute("INSERT INTO trial_heartbeats (trial_id, heartbeat) VALUES (%s, now())", (tid,))
-    return tid
-
-
 def prefill(url: str, n: int, running: int, epochs: int) -> tuple[int, list[int]]:
-    """N trials in the study: V RUNNING (ids returned), the rest finished; plus 20 enqueued WAITING trials."""
+    """N trials in the study as Optuna stores them: V RUNNING (their ids returned), the rest COMPLETE or
+    PRUNED, each with 3 parameters, reports, rung results and ~15 attributes; plus 20 enqueued WAITING
+    trials. Bulk inserts (pipelined executemany), so 5,000 trials take seconds."""
     import psycopg
 
     rng = random.Random(0)
+    dists = _distributions()
     with psycopg.connect(url, prepare_threshold=None) as conn, conn.cursor() as cur:
         study_id = cur.execute("SELECT study_id FROM studies").fetchone()[0]
         start = cur.execute("SELECT count(*) FROM trials").fetchone()[0]
-        for i in range(n - running):
-            _trial_rows(cur, study_id, start + i, "COMPLETE" if i % 3 else "PRUNED", epochs, rng,
-                        epochs if i % 3 else rng.choice([1, 3]))
-        ids = [_trial_rows(cur, study_id, start + n - running + i, "RUNNING", epochs, rng, rng.randrange(epochs))
-               for i in range(running)]
-        for i in range(20):
-            cur.execute("INSERT INTO trials (number, study_id, state) VALUES (%s, %s, 'WAITING') RETURNING trial_id",
-                        (start + n + i, study_id))
-            tid = cur.fetchone()[0]
-            cur.execute("INSERT INTO trial_system_attributes (trial_id, key, value_json) VALUES (%s, %s, %s)",
-                        (tid, "fixed_params", json.dumps({"dropout": 0.01 * i, "lr": 1e-3, "batch_size": 8})))
+        plan = []  # (number, state, steps)
+        for i in range(n):
+            if i >= n - running:
+                plan.append((start + i, "RUNNING", rng.randrange(epochs)))
+            else:
+                plan.append((start + i, "COMPLETE" if i % 3 else "PRUNED", epochs if i % 3 else rng.choice([1, 3])))
+        plan += [(start + n + i, "WAITING", 0) for i in range(20)]
+        cur.executemany("INSERT INTO trials (number, study_id, state, datetime_start, datetime_complete) VALUES "
+                        "(%s, %s, %s, CASE WHEN %s = 'WAITING' THEN NULL ELSE now() END, "
+                        "CASE WHEN %s IN ('COMPLETE', 'PRUNED') THEN now() END)",
+                        [(num, study_id, st, st, st) for num, st, _ in plan])
+        ids = dict(cur.execute("SELECT number, trial_id FROM trials WHERE study_id = %s", (study_id,)).fetchall())
+        params, ivs, sys_attrs, user, values, beats = [], [], [], [], [], []
+        for num, st, steps in plan:
+            tid = ids[num]
+            if st == "WAITING":
+                sys_attrs.append((tid, "fixed_params", json.dumps({"dropout": 0.01 * (num - start - n),
+                                                                   "lr": 1e-3, "batch_size": 8})))
+                continue
+            params += [(tid, "dropout", rng.uniform(0, 0.5), dists["dropout"]),
+                       (tid, "lr", rng.uniform(1e-4, 3e-3), dists["lr"]),
+                       (tid, "batch_size", float(rng.randrange(2)), dists["batch_size"])]
+            base = rng.uniform(3, 5)
+            ivs += [(tid, step, base + 1 / step) for step in range(1, steps + 1)]
+            sys_attrs += [(tid, f"completed_rung_{r}", json.dumps(base + 1 / 3 ** r)) for r in range(3)
+                          if 3 ** r <= steps]
+            attrs = {"anchor": False, "host": "gpu-node", "device": "cuda:0", "checkpoint": f"/ck/trial-{num:05d}",
+                     "h2s_version": "0.1.0", "torch_version": "2.13", "optuna_version": "5.0.0", "seed": num,
+                     "fail_reason": None, "resumed_from_epoch": None}
+            if st != "RUNNING":
+                attrs.update(params=30784, epochs_run=steps, best_epoch=steps, val_loss=base, gap=0.05, seconds=30.0)
+            user += [(tid, k, json.dumps(v)) for k, v in attrs.items()]
+            if st == "COMPLETE":
+                values.append((tid, base))
+            if st == "RUNNING":
+                beats.append((tid,))
+        cur.executemany("INSERT INTO trial_params (trial_id, param_name, param_value, distribution_json) "
+                        "VALUES (%s, %s, %s, %s)", params)
+        cur.executemany("INSERT INTO trial_intermediate_values (trial_id, step, intermediate_value, "
+                        "intermediate_value_type) VALUES (%s, %s, %s, 'FINITE')", ivs)
+        cur.executemany("INSERT INTO trial_system_attributes (trial_id, key, value_json) VALUES (%s, %s, %s)",
+                        sys_attrs)
+        cur.executemany("INSERT INTO trial_user_attributes (trial_id, key, value_json) VALUES (%s, %s, %s)", user)
+        cur.executemany("INSERT INTO trial_values (trial_id, objective, value, value_type) VALUES "
+                        "(%s, 0, %s, 'FINITE')", values)
+        cur.executemany("INSERT INTO trial_heartbeats (trial_id, heartbeat) VALUES (%s, now())", beats)
         conn.commit()
-    return study_id, ids
+    return study_id, [ids[num] for num, st, _ in plan if st == "RUNNING"]
 
 
 # --------------------------------------------------------------------------- load generators
@@ -269,8 +273,15 @@ def generator(url: str, study_id: int, trial_ids: list, trial_s: float, epochs: 
     key = int.from_bytes(hashlib.sha1(b"h2s-search:fleet-bench").digest()[:8], "big", signed=True)
     t0 = time.monotonic()
     heap: list = []
+    warm = {}
+    if cached:  # the virtual workers have been running: their caches are warm, their full reads spread out
+        with psycopg.connect(url, prepare_threshold=None, connect_timeout=30) as conn:
+            warm = {t: conn.execute(f"SELECT coalesce(max({pk}), 0) FROM {t}").fetchone()[0]
+                    for t, pk in _CHILD_PK.items()}
     for i, tid in enumerate(trial_ids):
         w = VirtualWorker(tid, t0 - rng.uniform(0, trial_s))
+        if cached:
+            w.marks, w.last_full = dict(warm), t0 - rng.uniform(0, full_every)
         first = int((t0 - w.started) / (trial_s / epochs)) + 1
         for step in range(first, epochs + 1):
             heapq.heappush(heap, (w.started + step * trial_s / epochs, i, "epoch", step, w))
