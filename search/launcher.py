@@ -53,6 +53,27 @@ def worker_command(study: str, url: str, data: Path, device: str, index: int | N
     return cmd
 
 
+def die_with_parent():
+    """A preexec_fn (Linux; None elsewhere): the worker gets SIGTERM when `start` dies, even by SIGKILL.
+
+    Workers run in their own session, so a closed terminal's SIGHUP or a SIGKILL of `start` would leave
+    them spending the study's budget unseen. SIGTERM makes a worker end its trial cleanly and exit.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # `start` died before the line above: nobody will send the signal
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
 # Workers per accelerator when nothing is asked for. One small-model trial leaves a card mostly idle
 # (host-side work, small kernels): on one H100, 4 workers ended 16 demo trials with 3.5x the trial
 # throughput of one worker (README, "Several trials per GPU"). More than 4 gains little there and
@@ -195,7 +216,7 @@ def start(study: str, *, storage: str | None, data: Path | None, n_trials: int |
     env = worker_env(devs)
     # No --worker-index: the study numbers its workers, so `start` on several machines never repeats a seed.
     procs = [subprocess.Popen(worker_command(opened.spec.name, url, choice.root, d, None, checkpoint_dir, artifact_dir),
-                              stdin=subprocess.DEVNULL, env=env,
+                              stdin=subprocess.DEVNULL, env=env, preexec_fn=die_with_parent(),
                               start_new_session=True)  # a terminal Ctrl-C reaches us once; we forward it
              for i, d in enumerate(devs)]
     if procs:

@@ -153,7 +153,15 @@ class StudyRecord:
     @classmethod
     def read(cls, study) -> StudyRecord:
         """From a Study (or anything with user_attrs); attributes the study lacks read as None."""
-        attrs = study.user_attrs
+        return cls._from(study.user_attrs)
+
+    @classmethod
+    def read_stored(cls, storage, study_id: int) -> StudyRecord:
+        """Straight from a storage, before the study is loaded (a worker loads it once, with its sampler)."""
+        return cls._from(storage.get_study_user_attrs(study_id))
+
+    @classmethod
+    def _from(cls, attrs: dict) -> StudyRecord:
         return cls(**{f.name: attrs.get(STUDY_STORED_AS.get(f.name, f.name)) for f in fields(cls)})
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import warnings
 from dataclasses import dataclass
 
 import optuna
@@ -88,14 +89,16 @@ def create_or_load(url: str | None, spec: StudySpec, fingerprint: str, data_desc
     url = resolve_url(url)
     u = parse_url(url)
     with creation_lock(url, spec.name):
-        storage = open_storage(url)
+        storage = open_storage(url, cache=True)
         with storage_errors(u):
             sid = _study_id(storage, spec.name)
             created = sid is None
             if created:
                 study = optuna.create_study(study_name=spec.name, storage=storage,
                                             directions=list(spec.directions))
-                study.set_metric_names(list(spec.metrics))
+                with warnings.catch_warnings():  # experimental in Optuna; silenced here only
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    study.set_metric_names(list(spec.metrics))
                 note = (f"Trial with user attribute anchor=true is the {spec.anchor_name} setting, enqueued once "
                         "as the reference.") if spec.anchor_name else UNSET
                 StudyRecord(spec=spec.raw, fingerprint=fingerprint, budget=n_trials or spec.n_trials,
@@ -127,20 +130,21 @@ def load_stored(url: str | None, name: str, *, worker_index: int | None = 0, hea
     """Attach to an existing study; the definition comes from the database.
 
     worker_index None: take the study's next worker number (0, 1, 2, ... across every machine), so that
-    no two workers share a sampler seed and suggest the same trials.
+    no two workers share a sampler seed and suggest the same trials. The study is loaded once, on a
+    FleetCachedStorage: a worker's reads then cost the same with 8 or 256 workers running.
     """
     url = resolve_url(url)
     u = parse_url(url)
     with creation_lock(url, name):
-        storage = open_storage(url, heartbeat=heartbeat)
+        storage = open_storage(url, heartbeat=heartbeat, cache=True)
     with storage_errors(u):
-        if _study_id(storage, name) is None:
+        sid = _study_id(storage, name)
+        if sid is None:
             names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
             raise StudyNotFound(f"no study {name!r} in {u.masked}"
                                 + (f" (it has: {', '.join(names)})" if names else " (it has no studies)")
                                 + "; create it with h2s-search start")
-        plain = optuna.load_study(study_name=name, storage=storage)
-        record = StudyRecord.read(plain)
+        record = StudyRecord.read_stored(storage, sid)
         spec = parse(record.spec or {}, f"study {name!r} in {u.masked}")
         if worker_index is None:
             worker_index = _join(url, storage, name)
@@ -243,8 +247,6 @@ class BudgetGate:
 
 def fail_stale_trials(study: optuna.Study) -> None:
     """Fail trials whose heartbeat stopped (their worker died) and re-queue them via the retry callback."""
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)

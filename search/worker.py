@@ -75,14 +75,18 @@ def checkpoint_root(settings: WorkerSettings) -> Path:
 
 
 class StopFlag:
-    """SIGTERM / Ctrl-C: finish the current trial cleanly, then leave. A second signal stops at once."""
+    """SIGTERM / SIGHUP / Ctrl-C: finish the current trial cleanly, then leave. A second signal stops at once.
+
+    SIGHUP (the terminal closed) is a request to stop like SIGTERM, not a reason to vanish mid-trial.
+    """
 
     def __init__(self):
         self.set = False
         self.signal = ""
 
     def install(self) -> None:
-        self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+        self._previous = {sig: signal.signal(sig, self._handle)
+                          for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
 
     def restore(self) -> None:
         """Give the caller back its own handlers (run_worker may be used as a library)."""
@@ -110,7 +114,11 @@ def is_oom(exc: BaseException) -> bool:
 def retried_from(trial: optuna.Trial) -> int | None:
     """The number of the stale trial this one retries (set by RetryHeartbeatStaleTrialCallback)."""
     frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
-    return optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
+    import warnings
+
+    with warnings.catch_warnings():  # experimental in Optuna; silenced here only, not process-wide
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
 
 
 @dataclass

@@ -24,6 +24,8 @@ import pytest
 
 PG_ADMIN = os.environ.get("H2S_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 MYSQL_ADMIN = os.environ.get("H2S_TEST_MYSQL", "mysql://root@127.0.0.1:3306/mysql")
+# pgbouncer in transaction-pooling mode in front of PG_ADMIN's server, as `.ci/pgbouncer` starts it.
+PGBOUNCER = os.environ.get("H2S_TEST_PGBOUNCER", "postgresql://postgres@127.0.0.1:6432/postgres")
 # Short heartbeats so that a killed worker's trial goes stale in seconds, not a minute.
 FAST_HEARTBEAT = {"H2S_HEARTBEAT_INTERVAL": "1", "H2S_GRACE_PERIOD": "4"}
 
@@ -112,6 +114,35 @@ def pg_db() -> Iterator[Database]:
     finally:
         wait_for_pg()  # a test may have restarted the server
         pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def pgbouncer_show(what: str) -> list[dict]:
+    """SHOW POOLS / SHOW CONFIG ... on pgbouncer's admin console, as a list of dicts."""
+    import psycopg
+
+    dsn = _swap_db(PGBOUNCER, "pgbouncer")
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=5, prepare_threshold=None) as conn:
+        cur = conn.execute(f"SHOW {what}")
+        names = [d.name for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def pgbouncer_pool_size() -> int:
+    """The most server connections pgbouncer opens per database and user (default_pool_size)."""
+    return int(next(r["value"] for r in pgbouncer_show("CONFIG") if r["key"] == "default_pool_size"))
+
+
+@pytest.fixture
+def pgb_db(pg_db) -> Database:
+    """pg_db reached through pgbouncer (transaction pooling); skips when no pgbouncer listens there.
+
+    `url` goes through the pooler; connections() and admin() still count and act on the server itself.
+    """
+    try:
+        pgbouncer_show("VERSION")
+    except Exception as exc:  # pragma: no cover - depends on the machine
+        pytest.skip(f"pgbouncer not reachable at {PGBOUNCER}: {exc} (.ci/pgbouncer starts one)")
+    return Database(_swap_db(PGBOUNCER, pg_db.name), pg_db.name, "postgresql")
 
 
 @pytest.fixture

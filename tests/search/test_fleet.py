@@ -417,6 +417,133 @@ def test_storage_calls_wait_out_a_lost_connection(pg_db, monkeypatch):
     storage.engine.dispose()
 
 
+# --------------------------------------------------------------------------- 9. behind pgbouncer
+def running_epochs(db, number: int) -> int:
+    """Epochs finished so far by trial `number`, while it runs (0 otherwise)."""
+    t = trial(db, number)
+    return (epochs_done(t) or 0) if t is not None and t.state == TrialState.RUNNING else 0
+
+
+def test_twelve_workers_through_pgbouncer_finish_exactly_n(pgb_db, new_machine, fleet_study):
+    from conftest import pgbouncer_pool_size
+
+    n, workers = 12, 12
+    study = fleet_study(n_trials=n, epochs=1)
+    create(new_machine("creator"), pgb_db, study)
+    # 12 processes on a small machine starve heartbeat threads: a grace period that load cannot outlast.
+    slow = {"H2S_HEARTBEAT_INTERVAL": "2", "H2S_GRACE_PERIOD": "60"}
+    machines = [new_machine(f"m{i}", **slow) for i in range(workers)]
+    pool = pgbouncer_pool_size()
+    with ConnectionWatch(pgb_db) as watch:
+        procs = [m.worker(pgb_db.url) for m in machines]
+        rcs = [p.wait(600) for p in procs]
+    assert rcs == [0] * workers, [p.output() for p in procs if p.popen.returncode]
+    trials, attrs, _ = snapshot(pgb_db)
+    assert_exact(trials, n)
+    assert len(trials) == n and sum(ran(p) for p in procs) == n
+    # 12 processes (each a pool of 1 + 1 and a lock connection: 36 client connections) share at most
+    # `pool` server connections.
+    assert watch.samples > 5 and 0 < watch.peak <= pool
+    print(f"\n[pgbouncer] {n} trials by {workers} workers through pgbouncer; peak server connections "
+          f"{watch.peak} (pool {pool}) over {watch.samples} samples; ran {[ran(p) for p in procs]}")
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_sigkill_of_start_takes_its_workers_down_cleanly(pgb_db, new_machine, fleet_study):
+    from search.storage import GRACE_PERIOD
+
+    study = fleet_study(n_trials=4, epochs=40)
+    m = new_machine("box")
+    start = m.spawn("start", "--study", study, "--storage", pgb_db.url, "--data", m.data, "--workers", 2,
+                    tag="start")
+    wait_until(lambda: sum(running_epochs(pgb_db, i) >= 1 for i in range(2)) == 2 or not start.alive(), 240,
+               "both of start's workers to be mid-trial")
+    assert start.alive(), start.output()
+    workers = _children(start.pid)
+    assert len(workers) == 2
+    start.signal(signal.SIGKILL)
+    # Each worker got SIGTERM from the kernel (PR_SET_PDEATHSIG), ends its trial and exits.
+    wait_until(lambda: not any(_alive(p) for p in workers), GRACE_PERIOD, "start's workers to exit")
+    trials, _, _ = snapshot(pgb_db)
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL], states(trials)
+    assert {t.user_attrs["fail_reason"] for t in trials} == {"interrupted by SIGTERM"}
+    print(f"\n[start killed] workers {workers} exited; trials {states(trials)}, "
+          f"fail_reason {trials[0].user_attrs['fail_reason']!r}")
+
+
+def test_sighup_stops_a_standalone_worker_like_sigterm(pg_db, new_machine, fleet_study):
+    study = fleet_study(n_trials=2, epochs=40)
+    m = new_machine("a")
+    create(m, pg_db, study)
+    w = m.worker(pg_db.url)
+    wait_until(lambda: running_epochs(pg_db, 0) >= 1, 120, "trial 0 mid-run")
+    w.signal(signal.SIGHUP)
+    assert w.wait(60) == 0, w.output()
+    trials, _, _ = snapshot(pg_db)
+    assert [t.state for t in trials] == [TrialState.FAIL]
+    assert trials[0].user_attrs["fail_reason"] == "interrupted by SIGHUP"
+
+
+def test_sigkill_of_a_worker_behind_pgbouncer_is_retried_and_resumes(pgb_db, new_machine, fleet_study):
+    epochs = 10
+    study = fleet_study(n_trials=1, epochs=epochs)
+    create(new_machine("creator"), pgb_db, study)
+    a, b = new_machine("a"), new_machine("b")
+    wa = a.worker(pgb_db.url)
+    wait_until(lambda: running_epochs(pgb_db, 0) >= 2, 120, "trial 0 to finish two epochs on machine a")
+    wa.signal(signal.SIGKILL)
+    assert wa.wait(10) == -signal.SIGKILL
+    died = trial(pgb_db, 0)
+    assert died.state == TrialState.RUNNING
+    wb = b.worker(pgb_db.url)  # finds the budget spent and trial 0 RUNNING; waits for it to go stale
+    assert wb.wait(240) == 0, wb.output()
+    trials, _, _ = snapshot(pgb_db)
+    assert states(trials) == {0: "FAIL", 1: "COMPLETE"}
+    retry = trials[1]
+    assert retry.system_attrs["failed_trial"] == 0 and retry.params == died.params
+    assert retry.user_attrs["resumed_from_epoch"] >= 1 and retry.user_attrs["epochs_run"] == epochs
+    assert_exact(trials, 1)
+    print(f"\n[pgbouncer SIGKILL] trial 0 killed after epoch {max(died.intermediate_values)}; retry trial 1 "
+          f"resumed from epoch {retry.user_attrs['resumed_from_epoch']}")
+
+
+def test_postgres_restart_behind_pgbouncer_loses_nothing(pgb_db, new_machine, fleet_study):
+    n, epochs = 4, 6
+    study = fleet_study(n_trials=n, epochs=epochs)
+    create(new_machine("creator"), pgb_db, study)
+    slow = {"H2S_GRACE_PERIOD": "15"}
+    ws = [new_machine(f"m{i}").worker(pgb_db.url, env=slow) for i in range(2)]
+    wait_until(lambda: sum(running_epochs(pgb_db, i) >= 1 for i in range(n)) >= 2, 180, "two trials mid-run")
+    before = states(snapshot(pgb_db)[0])
+    took = restart_postgres(pgb_db)
+    rcs = [w.wait(300) for w in ws]
+    assert rcs == [0, 0], [w.output() for w in ws]
+    trials, _, _ = snapshot(pgb_db)
+    assert_exact(trials, n)
+    print(f"\n[restart behind pgbouncer] PostgreSQL restarted in {took:.1f}s with trials {before}; after "
+          f"{states(trials)}; exit codes {rcs}")
+
+
 # --------------------------------------------------------------------------- 8. docker-compose
 def _docker_compose() -> str:
     exe = shutil.which("docker-compose")

@@ -1,0 +1,606 @@
+"""A fleet of V workers on one PostgreSQL study: storage time per trial, ask and should_prune latency,
+server connections, pgbouncer waits and double pops, for direct PostgreSQL, pgbouncer, pgbouncer + cache.
+
+A study is pre-filled to N trials (V of them RUNNING, the rest COMPLETE or PRUNED, each with 3 parameters,
+reports per epoch, Hyperband rung results and ~15 attributes) in a fresh database. Then, for each variant:
+
+  * load generators (--generators processes x 4 threads, raw psycopg on the variant's route) replay what V
+    workers' storage does at the rate of --trial-seconds trials of --epochs epochs: each virtual worker
+    takes the study lock, reads the study as its storage would (3 reads per ask; Optuna's full re-read of
+    every running trial, or our cache's narrow reads), creates a trial with its parameters and attributes,
+    reports each epoch and reads its trial back (should_prune), reads the study at each rung and writes the
+    rung result, sends a heartbeat every 10 s, and ends the trial. The database work of 256 workers is
+    real; their Python work would run on 256 other machines, so it is not simulated here.
+  * one probe worker runs the real worker path in this process (search.worker.run_worker: BudgetGate,
+    TPE, Hyperband, heartbeat thread, artifacts), training replaced by --epoch-seconds of sleep per epoch,
+    every storage call timed.
+
+    python benchmarks/fleet.py                        # the headline: 256 workers, 5,000 trials, 3 variants
+    python benchmarks/fleet.py --workers 32,64,128,256 --trials 500,2500,5000 --probe-trials 4
+    python benchmarks/fleet.py --variants cache --workers 256 --trials 5000
+
+Needs PostgreSQL on 127.0.0.1:5432 (trust) and pgbouncer; as root it starts its own pgbouncer
+(.ci/pgbouncer, pool --pool-size) on port 6439. Targets (issue 10, at 256 workers and 5,000 trials):
+storage per trial p95 <= 600 ms (2% of 30 s), ask p95 <= 150 ms, should_prune p95 <= 10 ms (<= 50 ms at a
+rung), <= 40 server connections, 0 trials popped twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import heapq
+import json
+import multiprocessing as mp
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from _common import make_corpus, parse_args, run_main, say, verdict, workdir
+
+ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+BENCH_PORT = 6439
+VARIANTS = {"direct": ("direct", 0.0), "pgbouncer": ("pgbouncer", 0.0), "cache": ("pgbouncer", None)}
+STUDY = """
+name = "fleet-bench"
+direction = "minimize"
+metric = "val_loss"
+n_trials = 100000
+
+[train]
+d_model = 32
+nhead = 2
+encoder_layers = 1
+decoder_layers = 1
+dim_feedforward = 64
+batch_size = 8
+epochs = {epochs}
+patience = 100
+lr_min = 1e-5
+seed = 0
+
+[space]
+dropout = {{ type = "float", low = 0.0, high = 0.5 }}
+lr = {{ type = "float", low = 1e-4, high = 3e-3, log = true }}
+batch_size = {{ type = "categorical", choices = [8, 16] }}
+
+[pruner]
+type = "hyperband"
+min_resource = 1
+reduction_factor = 3
+
+[sampler]
+type = "tpe"
+seed = 0
+"""
+
+
+def _pg(url: str, sql: str, params: tuple = ()):
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True, connect_timeout=10, prepare_threshold=None) as conn:
+        cur = conn.execute(sql, params)
+        return cur.fetchall() if cur.description else []
+
+
+def _url(db: str, route: str, port: int) -> str:
+    return f"postgresql://postgres@127.0.0.1:{5432 if route == 'direct' else port}/{db}"
+
+
+# --------------------------------------------------------------------------- pre-fill
+def _distributions() -> dict:
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, distribution_to_json
+
+    return {"dropout": distribution_to_json(FloatDistribution(0.0, 0.5)),
+            "lr": distribution_to_json(FloatDistribution(1e-4, 3e-3, log=True)),
+            "batch_size": distribution_to_json(CategoricalDistribution([8, 16]))}
+
+
+def prefill(url: str, n: int, running: int, epochs: int) -> tuple[int, list[int]]:
+    """N trials in the study as Optuna stores them: V RUNNING (their ids returned), the rest COMPLETE or
+    PRUNED, each with 3 parameters, reports, rung results and ~15 attributes; plus 20 enqueued WAITING
+    trials. Bulk inserts (pipelined executemany), so 5,000 trials take seconds."""
+    import psycopg
+
+    rng = random.Random(0)
+    dists = _distributions()
+    with psycopg.connect(url, prepare_threshold=None) as conn, conn.cursor() as cur:
+        study_id = cur.execute("SELECT study_id FROM studies").fetchone()[0]
+        start = cur.execute("SELECT count(*) FROM trials").fetchone()[0]
+        plan = []  # (number, state, steps)
+        for i in range(n):
+            if i >= n - running:
+                plan.append((start + i, "RUNNING", rng.randrange(epochs)))
+            else:
+                plan.append((start + i, "COMPLETE" if i % 3 else "PRUNED", epochs if i % 3 else rng.choice([1, 3])))
+        plan += [(start + n + i, "WAITING", 0) for i in range(20)]
+        cur.executemany("INSERT INTO trials (number, study_id, state, datetime_start, datetime_complete) VALUES "
+                        "(%s, %s, %s, CASE WHEN %s = 'WAITING' THEN NULL ELSE now() END, "
+                        "CASE WHEN %s IN ('COMPLETE', 'PRUNED') THEN now() END)",
+                        [(num, study_id, st, st, st) for num, st, _ in plan])
+        ids = dict(cur.execute("SELECT number, trial_id FROM trials WHERE study_id = %s", (study_id,)).fetchall())
+        params, ivs, sys_attrs, user, values, beats = [], [], [], [], [], []
+        for num, st, steps in plan:
+            tid = ids[num]
+            if st == "WAITING":
+                sys_attrs.append((tid, "fixed_params", json.dumps({"dropout": 0.01 * (num - start - n),
+                                                                   "lr": 1e-3, "batch_size": 8})))
+                continue
+            params += [(tid, "dropout", rng.uniform(0, 0.5), dists["dropout"]),
+                       (tid, "lr", rng.uniform(1e-4, 3e-3), dists["lr"]),
+                       (tid, "batch_size", float(rng.randrange(2)), dists["batch_size"])]
+            base = rng.uniform(3, 5)
+            ivs += [(tid, step, base + 1 / step) for step in range(1, steps + 1)]
+            sys_attrs += [(tid, f"completed_rung_{r}", json.dumps(base + 1 / 3 ** r)) for r in range(3)
+                          if 3 ** r <= steps]
+            attrs = {"anchor": False, "host": "gpu-node", "device": "cuda:0", "checkpoint": f"/ck/trial-{num:05d}",
+                     "h2s_version": "0.1.0", "torch_version": "2.13", "optuna_version": "5.0.0", "seed": num,
+                     "fail_reason": None, "resumed_from_epoch": None}
+            if st != "RUNNING":
+                attrs.update(params=30784, epochs_run=steps, best_epoch=steps, val_loss=base, gap=0.05, seconds=30.0)
+            user += [(tid, k, json.dumps(v)) for k, v in attrs.items()]
+            if st == "COMPLETE":
+                values.append((tid, base))
+            if st == "RUNNING":
+                beats.append((tid,))
+        cur.executemany("INSERT INTO trial_params (trial_id, param_name, param_value, distribution_json) "
+                        "VALUES (%s, %s, %s, %s)", params)
+        cur.executemany("INSERT INTO trial_intermediate_values (trial_id, step, intermediate_value, "
+                        "intermediate_value_type) VALUES (%s, %s, %s, 'FINITE')", ivs)
+        cur.executemany("INSERT INTO trial_system_attributes (trial_id, key, value_json) VALUES (%s, %s, %s)",
+                        sys_attrs)
+        cur.executemany("INSERT INTO trial_user_attributes (trial_id, key, value_json) VALUES (%s, %s, %s)", user)
+        cur.executemany("INSERT INTO trial_values (trial_id, objective, value, value_type) VALUES "
+                        "(%s, 0, %s, 'FINITE')", values)
+        cur.executemany("INSERT INTO trial_heartbeats (trial_id, heartbeat) VALUES (%s, now())", beats)
+        conn.commit()
+    return study_id, [ids[num] for num, st, _ in plan if st == "RUNNING"]
+
+
+# --------------------------------------------------------------------------- load generators
+class VirtualWorker:
+    def __init__(self, trial_id: int | None, started: float):
+        self.trial_id, self.started, self.last_full, self.last_finished = trial_id, started, -1e9, -1
+        self.marks = {"trial_params": 0, "trial_intermediate_values": 0, "trial_user_attributes": 0,
+                      "trial_system_attributes": 0}
+
+
+_CHILD_PK = {"trial_params": "param_id", "trial_intermediate_values": "trial_intermediate_value_id",
+             "trial_user_attributes": "trial_user_attribute_id", "trial_system_attributes": "trial_system_attribute_id"}
+
+
+def _read(cur, study_id: int, w: VirtualWorker, cached: bool, full_every: float) -> None:
+    """What one worker's storage reads for one get_all_trials."""
+    now = time.monotonic()
+    if cached and now - w.last_full < full_every:
+        cur.execute("SELECT trial_id, state FROM trials WHERE study_id = %s", (study_id,)).fetchall()
+        for table, pk in _CHILD_PK.items():
+            rows = cur.execute(f"SELECT c.* FROM {table} c JOIN trials t ON c.trial_id = t.trial_id "
+                               f"WHERE t.study_id = %s AND c.{pk} > %s ORDER BY c.{pk}",
+                               (study_id, w.marks[table])).fetchall()
+            if rows:
+                w.marks[table] = rows[-1][0]
+        return
+    # Optuna's _CachedStorage: every unfinished trial (and every newer one) in full.
+    ids = [r[0] for r in cur.execute("SELECT trial_id FROM trials WHERE study_id = %s AND (state IN "
+                                     "('RUNNING', 'WAITING') OR trial_id > %s)", (study_id, w.last_finished))]
+    for table in ("trial_params", "trial_values", "trial_user_attributes", "trial_system_attributes",
+                  "trial_intermediate_values"):
+        cur.execute(f"SELECT * FROM {table} WHERE trial_id = ANY(%s)", (ids,)).fetchall()
+    w.last_finished = cur.execute("SELECT coalesce(max(trial_id), -1) FROM trials WHERE study_id = %s AND "
+                                  "state IN ('COMPLETE', 'PRUNED', 'FAIL')", (study_id,)).fetchone()[0]
+    if cached:
+        w.last_full = now
+        for table, pk in _CHILD_PK.items():
+            w.marks[table] = cur.execute(f"SELECT coalesce(max({pk}), 0) FROM {table}").fetchone()[0]
+
+
+def _start_trial(conn, study_id: int, w: VirtualWorker, cached: bool, full_every: float, key: int, popped, rng,
+                 pooled: bool):
+    cur = conn.cursor()
+    # The study lock, as BudgetGate takes it (behind a pooler: try, and hand the server connection back)
+    if not pooled:
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
+    while pooled and not cur.execute("SELECT pg_try_advisory_xact_lock(%s)", (key,)).fetchone()[0]:
+        conn.rollback()
+        time.sleep(rng.uniform(0.003, 0.01))
+    for _ in range(3):
+        _read(cur, study_id, w, cached, full_every)
+    waiting = cur.execute("SELECT trial_id FROM trials WHERE study_id = %s AND state = 'WAITING' ORDER BY trial_id "
+                          "LIMIT 1", (study_id,)).fetchone()
+    tid = None
+    if waiting:
+        got = cur.execute("UPDATE trials SET state = 'RUNNING', datetime_start = now() WHERE trial_id = %s AND "
+                          "state = 'WAITING' RETURNING trial_id", waiting).fetchone()
+        if got:
+            tid = got[0]
+            popped.append(tid)
+    if tid is None:
+        number = cur.execute("SELECT count(*) FROM trials WHERE study_id = %s", (study_id,)).fetchone()[0]
+        tid = cur.execute("INSERT INTO trials (number, study_id, state, datetime_start) VALUES (%s, %s, 'RUNNING', "
+                          "now()) RETURNING trial_id", (number, study_id)).fetchone()[0]
+    conn.commit()  # the lock goes with the transaction
+    dists = _distributions()
+    for name, value in (("dropout", rng.uniform(0, 0.5)), ("lr", 1e-3), ("batch_size", 0.0)):
+        cur.execute("INSERT INTO trial_params (trial_id, param_name, param_value, distribution_json) VALUES "
+                    "(%s, %s, %s, %s)", (tid, name, value, dists[name]))
+        conn.commit()
+    cur.executemany("INSERT INTO trial_user_attributes (trial_id, key, value_json) VALUES (%s, %s, %s)",
+                    [(tid, k, '"x"') for k in ("anchor", "checkpoint", "host", "device", "h2s_version",
+                                               "torch_version", "optuna_version", "resumed_from_epoch",
+                                               "fail_reason", "seed")])
+    conn.commit()
+    w.trial_id = tid
+
+
+def _epoch(conn, study_id: int, w: VirtualWorker, step: int, cached: bool, full_every: float) -> None:
+    cur = conn.cursor()
+    cur.execute("INSERT INTO trial_intermediate_values (trial_id, step, intermediate_value, intermediate_value_type) "
+                "VALUES (%s, %s, %s, 'FINITE') ON CONFLICT DO NOTHING", (w.trial_id, step, 4.0 + 1 / step))
+    conn.commit()
+    # should_prune: the trial's system attributes (one trial read); at a rung, the study and the rung result
+    cur.execute("SELECT key, value_json FROM trial_system_attributes WHERE trial_id = %s", (w.trial_id,)).fetchall()
+    if step in (1, 3, 9):
+        _read(cur, study_id, w, cached, full_every)
+        cur.execute("INSERT INTO trial_system_attributes (trial_id, key, value_json) VALUES (%s, %s, '4.0') "
+                    "ON CONFLICT DO NOTHING",
+                    (w.trial_id, f"completed_rung_{(1, 3, 9).index(step)}"))
+    conn.commit()
+
+
+def _end_trial(conn, w: VirtualWorker) -> None:
+    cur = conn.cursor()
+    cur.executemany("INSERT INTO trial_user_attributes (trial_id, key, value_json) VALUES (%s, %s, '1.0')",
+                    [(w.trial_id, k) for k in ("params", "epochs_run", "best_epoch", "train_loss", "val_loss",
+                                               "gap", "seconds", "frames_per_second", "bleu", "chrf")])
+    cur.execute("INSERT INTO trial_values (trial_id, objective, value, value_type) VALUES (%s, 0, 4.0, 'FINITE')",
+                (w.trial_id,))
+    cur.execute("UPDATE trials SET state = 'COMPLETE', datetime_complete = now() WHERE trial_id = %s", (w.trial_id,))
+    conn.commit()
+
+
+def generator(url: str, study_id: int, trial_ids: list, trial_s: float, epochs: int, cached: bool,
+              full_every: float, seconds: float, seed: int, out, pooled: bool) -> None:
+    """V/G virtual workers' storage traffic for `seconds`; puts (events done, events late > 1 s, pops)."""
+    import psycopg
+
+    rng = random.Random(seed)
+    key = int.from_bytes(hashlib.sha1(b"h2s-search:fleet-bench").digest()[:8], "big", signed=True)
+    t0 = time.monotonic()
+    heap: list = []
+    warm = {}
+    if cached:  # the virtual workers have been running: their caches are warm, their full reads spread out
+        with psycopg.connect(url, prepare_threshold=None, connect_timeout=30) as conn:
+            warm = {t: conn.execute(f"SELECT coalesce(max({pk}), 0) FROM {t}").fetchone()[0]
+                    for t, pk in _CHILD_PK.items()}
+    for i, tid in enumerate(trial_ids):
+        w = VirtualWorker(tid, t0 - rng.uniform(0, trial_s))
+        if cached:
+            w.marks, w.last_full = dict(warm), t0 - rng.uniform(0, full_every)
+        first = int((t0 - w.started) / (trial_s / epochs)) + 1
+        for step in range(first, epochs + 1):
+            heapq.heappush(heap, (w.started + step * trial_s / epochs, i, "epoch", step, w))
+        heapq.heappush(heap, (w.started + trial_s + 0.01, i, "end", 0, w))
+        heapq.heappush(heap, (t0 + rng.uniform(0, 10), i, "heartbeat", 0, w))
+    lock, stats, popped = threading.Lock(), {"done": 0, "late": 0}, []
+    end = t0 + seconds
+
+    def run():
+        with psycopg.connect(url, prepare_threshold=None, connect_timeout=30) as conn:
+            while True:
+                with lock:
+                    if not heap or heap[0][0] > end:
+                        return
+                    when, i, kind, step, w = heapq.heappop(heap)
+                delay = when - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                elif delay < -1:
+                    stats["late"] += 1
+                try:
+                    later = event(conn, kind, step, w, when)
+                except Exception as exc:  # counted and printed; the virtual worker goes on
+                    conn.rollback()
+                    stats["errors"] = stats.get("errors", 0) + 1
+                    stats["error"] = repr(exc)[:200]
+                    later = []
+                with lock:
+                    for item in later:
+                        heapq.heappush(heap, (item[0], i, *item[1:]))
+                stats["done"] += 1
+
+    def event(conn, kind, step, w, when) -> list:
+        """Do one event; returns the events it schedules, as (time, kind, step, worker)."""
+        if kind == "epoch" and w.trial_id is not None:
+            _epoch(conn, study_id, w, step, cached, full_every)
+        elif kind == "heartbeat":
+            conn.execute("INSERT INTO trial_heartbeats (trial_id, heartbeat) VALUES (%s, now()) ON CONFLICT "
+                         "(trial_id) DO UPDATE SET heartbeat = now()", (w.trial_id,))
+            conn.commit()
+            return [(when + 10, "heartbeat", 0, w)]
+        elif kind == "end":
+            _end_trial(conn, w)
+            _start_trial(conn, study_id, w, cached, full_every, key, popped, rng, pooled)
+            w.started = time.monotonic()
+            return [(w.started + s * trial_s / epochs, "epoch", s, w) for s in range(1, epochs + 1)] + [
+                (w.started + trial_s + 0.01, "end", 0, w)]
+        return []
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if stats.get("errors"):
+        print(f"load generator {seed}: {stats['errors']} failed event(s), e.g. {stats['error']}", flush=True)
+    out.put((stats["done"], stats["late"], popped))
+
+
+# --------------------------------------------------------------------------- the probe worker
+class Probe:
+    """Times the probe worker's storage calls (main thread, outermost calls only)."""
+
+    def __init__(self):
+        self.local, self.main = threading.local(), threading.main_thread()
+        self.turn = 0.0
+        self.turns: list[float] = []
+        self.asks: list[float] = []
+        self.asked_ids: list[int] = []
+        self.by_method: dict[str, float] = {}
+        self.prunes: list[tuple[float, bool]] = []
+        self.rung = False
+
+    def timed(self, fn, name: str = "lock"):
+        probe = self
+
+        def call(*args, **kwargs):
+            if threading.current_thread() is not probe.main or getattr(probe.local, "depth", 0):
+                return fn(*args, **kwargs)
+            probe.local.depth = 1
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                probe.local.depth = 0
+                dt = time.perf_counter() - t0
+                probe.turn += dt
+                probe.by_method[name] = probe.by_method.get(name, 0.0) + dt
+
+        return call
+
+
+def instrument(probe: Probe) -> None:
+    import optuna
+
+    import search.study as study_mod
+    from search.storage import FleetCachedStorage
+
+    names = [n for n in dir(FleetCachedStorage) if not n.startswith("__") and callable(getattr(FleetCachedStorage, n))
+             and (not n.startswith("_") or n in ("_get_stale_trial_ids",))]
+    names = [n for n in names if n not in ("invalidate", "engine", "get_heartbeat_interval",
+                                           "get_heartbeat_stale_trial_callback", "remove_session",
+                                           "check_trial_is_updatable", "is_heartbeat_enabled")]
+    for n in names:
+        setattr(FleetCachedStorage, n, probe.timed(getattr(FleetCachedStorage, n), n))
+    real_lock = study_mod.creation_lock
+
+    @contextlib.contextmanager
+    def timed_lock(*a, **k):
+        t0 = time.perf_counter()
+        cm = real_lock(*a, **k)
+        cm.__enter__()
+        probe.turn += time.perf_counter() - t0
+        probe.by_method["study lock"] = probe.by_method.get("study lock", 0.0) + time.perf_counter() - t0
+        try:
+            yield
+        finally:
+            t1 = time.perf_counter()
+            cm.__exit__(None, None, None)
+            probe.turn += time.perf_counter() - t1
+
+    study_mod.creation_lock = timed_lock
+    real_optimize, real_ask, real_prune = optuna.Study.optimize, optuna.Study.ask, optuna.Trial.should_prune
+    real_sys = FleetCachedStorage.set_trial_system_attr
+
+    def optimize(self, *a, **k):
+        try:
+            return real_optimize(self, *a, **k)
+        finally:
+            probe.turns.append(probe.turn)
+            probe.turn = 0.0
+
+    def ask(self, *a, **k):
+        t0 = time.perf_counter()
+        trial = real_ask(self, *a, **k)
+        probe.asks.append(time.perf_counter() - t0)
+        probe.asked_ids.append(trial._trial_id)
+        return trial
+
+    def should_prune(self):
+        probe.rung, t0 = False, time.perf_counter()
+        try:
+            return real_prune(self)
+        finally:
+            probe.prunes.append((time.perf_counter() - t0, probe.rung))
+
+    def set_sys(self, trial_id, key, value):
+        probe.rung = probe.rung or key.startswith("completed_rung_")
+        return real_sys(self, trial_id, key, value)
+
+    optuna.Study.optimize, optuna.Study.ask, optuna.Trial.should_prune = optimize, ask, should_prune
+    FleetCachedStorage.set_trial_system_attr = set_sys
+
+
+def run_probe(url: str, data: Path, ckpt: Path, n: int, epoch_seconds: float, probe: Probe) -> None:
+    from storage import _gpu_like
+
+    import search.worker as worker_mod
+
+    worker_mod.train, worker_mod.evaluate_checkpoint = _gpu_like(epoch_seconds, 0)
+    worker_mod.run_worker(worker_mod.WorkerSettings(study="fleet-bench", storage=url, data_root=data, device="cpu",
+                                                    n_trials=n, checkpoint_dir=ckpt, artifact_dir=ckpt / "art",
+                                                    worker_index=0), log=lambda _m: None)
+
+
+# --------------------------------------------------------------------------- one cell
+def p(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
+
+
+def cell(args, tmp: Path, data: Path, fingerprint: str, v: int, n: int, variant: str, probe: Probe) -> dict:
+    import tomllib
+
+    from search.spec import parse
+    from search.study import create_or_load
+
+    route, ttl = VARIANTS[variant]
+    db = f"h2s_fleet_{uuid.uuid4().hex[:10]}"
+    _pg(ADMIN, f'CREATE DATABASE "{db}"')
+    url = _url(db, route, args.pgbouncer_port) + ("?h2s_pooler=none" if route == "direct" else "")
+    os.environ["H2S_CACHE_SECONDS"] = str(ttl if ttl is not None else 30.0)
+    try:
+        spec = parse(tomllib.loads(STUDY.format(epochs=args.epochs)), "benchmarks/fleet.py")
+        opened = create_or_load(_url(db, "direct", 0), spec, fingerprint, str(data), None)
+        opened.study._storage._backend.engine.dispose()
+        study_id, running = prefill(_url(db, "direct", 0), n, v, args.epochs)
+        ctx = mp.get_context("spawn")
+        out = ctx.Queue()
+        g = args.generators
+        gen_url = _url(db, route, args.pgbouncer_port)
+        procs = [ctx.Process(target=generator, args=(gen_url, study_id, running[i::g], args.trial_seconds, args.epochs,
+                                                      ttl is None, 30.0, args.seconds, i, out, route != "direct"))
+                 for i in range(g)]
+        for pr in procs:
+            pr.start()
+        conns, maxwait, stop = [], [], threading.Event()
+
+        def watch():
+            while not stop.is_set():
+                with contextlib.suppress(Exception):
+                    conns.append(_pg(ADMIN, "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (db,))[0][0])
+                    if route == "pgbouncer":
+                        rows = _pg(f"postgresql://postgres@127.0.0.1:{args.pgbouncer_port}/pgbouncer", "SHOW POOLS")
+                        maxwait.extend(r[13] + r[14] / 1e6 for r in rows if r[0] == db)
+                stop.wait(0.5)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        time.sleep(min(5.0, args.seconds / 4))  # the load reaches its steady state first
+        before = len(probe.turns)
+        t0 = time.perf_counter()
+        # One more trial than measured: the first loads the study cold (once per worker, not per trial).
+        run_probe(url, data, tmp / "ck", args.probe_trials + 1, args.epoch_seconds, probe)
+        probe_s = time.perf_counter() - t0
+        results = [out.get(timeout=args.seconds + 300) for _ in procs]
+        for pr in procs:
+            pr.join()
+        stop.set()
+        watcher.join()
+        fixed = {r[0] for r in _pg(ADMIN.rsplit("/", 1)[0] + "/" + db,
+                                   "SELECT trial_id FROM trial_system_attributes WHERE key = 'fixed_params'")}
+        pops = [t for r in results for t in r[2]] + [t for t in probe.asked_ids if t in fixed]
+        dup = len(pops) - len(set(pops))
+        turns = probe.turns[before + 1:]
+        asks = probe.asks[1:]
+        prunes = probe.prunes[args.epochs:]  # roughly: after the cold first trial
+        ordinary = [t for t, rung in prunes if not rung]
+        rungs = [t for t, rung in prunes if rung]
+        return {"variant": variant, "workers": v, "trials": n, "storage_p50": p(turns, 0.5),
+                "storage_p95": p(turns, 0.95), "ask_p95": p(asks, 0.95), "prune_p95": p(ordinary, 0.95),
+                "rung_p95": p(rungs, 0.95), "server_connections": max(conns, default=0),
+                "maxwait": max(maxwait, default=0.0), "duplicates": dup, "events": sum(r[0] for r in results),
+                "late": sum(r[1] for r in results), "probe_trials": len(turns), "probe_seconds": probe_s,
+                "top": sorted(probe.by_method.items(), key=lambda kv: -kv[1])[:6]}
+    finally:
+        _pg(ADMIN, f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        probe.asks.clear()
+        probe.prunes.clear()
+        probe.asked_ids.clear()
+        probe.by_method.clear()
+
+
+def ensure_pgbouncer(port: int, pool: int) -> None:
+    try:
+        _pg(f"postgresql://postgres@127.0.0.1:{port}/pgbouncer", "SHOW VERSION")
+        return
+    except Exception:
+        pass
+    script = Path(__file__).resolve().parents[1] / ".ci" / "pgbouncer"
+    env = {**os.environ, "PGBOUNCER_PORT": str(port), "PGBOUNCER_POOL_SIZE": str(pool)}
+    res = subprocess.run([str(script)], env=env, capture_output=True, text=True)
+    if res.returncode:
+        raise SystemExit(f"no pgbouncer on port {port} and could not start one: {res.stderr.strip()}")
+    say(f"started pgbouncer on 127.0.0.1:{port} (pool {pool}); config in {res.stdout.strip()}")
+
+
+def main() -> None:
+    def extra(ap):
+        ap.add_argument("--workers", default="256", help="virtual workers, comma-separated (e.g. 32,64,128,256)")
+        ap.add_argument("--trials", default="5000", help="trials in the study, comma-separated (500,2500,5000)")
+        ap.add_argument("--variants", default="direct,pgbouncer,cache")
+        ap.add_argument("--epochs", type=int, default=10)
+        ap.add_argument("--trial-seconds", type=float, default=30.0)
+        ap.add_argument("--epoch-seconds", type=float, default=0.3, help="the probe's sleep per epoch")
+        ap.add_argument("--probe-trials", type=int, default=6)
+        ap.add_argument("--seconds", type=float, default=40.0, help="load-generator run time per cell")
+        ap.add_argument("--generators", type=int, default=3)
+        ap.add_argument("--pgbouncer-port", type=int, default=BENCH_PORT)
+        ap.add_argument("--pool-size", type=int, default=20)
+
+    args = parse_args("Storage of a V-worker fleet on PostgreSQL: direct, pgbouncer, pgbouncer + cache.", extra)
+    if args.quick:
+        args.workers, args.trials, args.seconds, args.probe_trials = "32", "500", 15.0, 2
+    os.environ.setdefault("H2S_HEARTBEAT_INTERVAL", "10")
+    os.environ.setdefault("H2S_GRACE_PERIOD", "40")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    ensure_pgbouncer(args.pgbouncer_port, args.pool_size)
+    probe = Probe()
+    instrument(probe)
+    rows = []
+    with workdir(args.keep, "h2s-bench-fleet-") as tmp:
+        from how2sign.batches import TrainData
+
+        data = make_corpus(tmp / "corpus", train=24, val=8, test=8)
+        fingerprint = TrainData.load(data).fingerprint
+        for n in map(int, args.trials.split(",")):
+            for v in map(int, args.workers.split(",")):
+                for variant in args.variants.split(","):
+                    r = cell(args, tmp, data, fingerprint, v, n, variant, probe)
+                    rows.append(r)
+                    say(f"{variant:>9} V={v:<3} N={n:<5} storage/trial p50 {r['storage_p50'] * 1000:6.0f} ms "
+                        f"p95 {r['storage_p95'] * 1000:6.0f} ms ({r['storage_p95'] / args.trial_seconds:.2%} of "
+                        f"{args.trial_seconds:g} s); ask p95 {r['ask_p95'] * 1000:.0f} ms; should_prune p95 "
+                        f"{r['prune_p95'] * 1000:.1f} ms, at rungs {r['rung_p95'] * 1000:.1f} ms; server "
+                        f"connections {r['server_connections']}; pgbouncer maxwait {r['maxwait']:.3f} s; popped "
+                        f"twice {r['duplicates']}; load events {r['events']} ({r['late']} late > 1 s); probe "
+                        f"{r['probe_trials']} trials; its largest storage calls (all trials, s): "
+                        + ", ".join(f"{k} {t:.2f}" for k, t in r["top"]))
+    say("\n| variant | V | N | storage/trial p50 | p95 | p95 / 30 s | ask p95 | should_prune p95 | at rung p95 | "
+        "server conns | maxwait | popped twice |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        say(f"| {r['variant']} | {r['workers']} | {r['trials']} | {r['storage_p50'] * 1000:.0f} ms | "
+            f"{r['storage_p95'] * 1000:.0f} ms | {r['storage_p95'] / args.trial_seconds:.2%} | "
+            f"{r['ask_p95'] * 1000:.0f} ms | {r['prune_p95'] * 1000:.1f} ms | {r['rung_p95'] * 1000:.1f} ms | "
+            f"{r['server_connections']} | {r['maxwait']:.3f} s | {r['duplicates']} |")
+    head = [r for r in rows if r["variant"] == "cache"]
+    if head:
+        r = max(head, key=lambda x: (x["workers"], x["trials"]))
+        say(f"\nverdict at V={r['workers']}, N={r['trials']} (pgbouncer + cache):")
+        verdict("storage per trial p95", r["storage_p95"] * 1000, 600, at_least=False, unit=" ms")
+        verdict("ask p95", r["ask_p95"] * 1000, 150, at_least=False, unit=" ms")
+        verdict("should_prune p95", r["prune_p95"] * 1000, 10, at_least=False, unit=" ms")
+        verdict("should_prune p95 at a rung", r["rung_p95"] * 1000, 50, at_least=False, unit=" ms")
+        verdict("PostgreSQL server connections", r["server_connections"], 40, at_least=False)
+        verdict("trials popped twice", r["duplicates"], 0, at_least=False)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,145 @@
+"""The study lock: one holder at a time across processes and machines, pooler-safe on PostgreSQL."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import random
+import time
+from collections.abc import Iterator
+
+from ._url import (
+    StorageError,
+    StorageURL,
+    engine_kwargs,
+    is_disconnect,
+    parse_url,
+    reconnect_seconds,
+    resolve_url,
+    storage_errors,
+)
+
+_log = logging.getLogger("h2s_search.storage")
+
+
+@contextlib.contextmanager
+def creation_lock(url: str | None, name: str, *, reconnect: bool = False) -> Iterator[None]:
+    """A lock across processes and machines, held while a study is created and its anchor enqueued.
+
+    PostgreSQL: a transaction-scoped advisory lock (pg_advisory_xact_lock), held by keeping a transaction
+    open on a connection of its own; unlike a session lock it works through a transaction-pooling
+    pgbouncer, whose next transaction may run on another server connection. MySQL: GET_LOCK; SQLite: an
+    flock on a file beside the database. Concurrent create_study and concurrent table creation both race
+    without it. With `reconnect`, taking the lock waits out a lost database connection (a running worker),
+    instead of failing at once (a command).
+    """
+    u = parse_url(resolve_url(url))
+    if u.backend == "sqlite":
+        with _file_lock(u):
+            yield
+        return
+    key = int.from_bytes(hashlib.sha1(f"h2s-search:{name}".encode()).digest()[:8], "big", signed=True)
+    conn = _acquire(u, key, reconnect)
+    try:
+        yield
+    finally:
+        _release(u, conn, key)
+
+
+@contextlib.contextmanager
+def _file_lock(u: StorageURL) -> Iterator[None]:
+    path = u.sqlalchemy.split(":///", 1)[1] if ":///" in u.sqlalchemy else ""
+    if not path or path == ":memory:":
+        yield
+        return
+    import fcntl
+
+    with open(f"{path}.h2s-lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _acquire(u: StorageURL, key: int, reconnect: bool):
+    engine = _lock_engine(u)
+    deadline, delay, attempt = time.monotonic() + (reconnect_seconds() if reconnect else 0.0), 0.2, 0
+    while True:
+        conn, attempt = None, attempt + 1
+        try:
+            conn = engine.connect()
+            _take(u, conn, key)
+            return conn
+        except Exception as exc:
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
+            # A pooled connection may have died with a database restart: one more try is always allowed.
+            if not (is_disconnect(exc) and (attempt == 1 or time.monotonic() < deadline)):
+                with storage_errors(u):
+                    raise
+                raise
+            _log.warning("database unreachable while taking the study lock; retrying")
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+
+def _take(u: StorageURL, conn, key: int) -> None:
+    import sqlalchemy
+
+    if u.backend != "postgresql":
+        got = conn.execute(sqlalchemy.text("SELECT GET_LOCK(:k, 300)"), {"k": f"h2s:{key}"}).scalar()
+        conn.commit()
+        if got != 1:
+            raise StorageError(f"timed out waiting for the study lock on {u.masked}")
+        return
+    if not u.pooler:
+        conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+        return  # the transaction stays open: the lock is ours until it ends
+    # Behind a pooler a blocked waiter would pin a server connection the holder may need: try, and if the
+    # lock is taken, end the transaction (handing the server connection back) and try again shortly.
+    pause = 0.005
+    while not conn.execute(sqlalchemy.text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": key}).scalar():
+        conn.rollback()
+        time.sleep(pause * random.uniform(0.5, 1.5))
+        pause = min(pause * 1.5, 0.05)
+
+
+def _release(u: StorageURL, conn, key: int) -> None:
+    import sqlalchemy
+
+    try:
+        if u.backend == "postgresql":
+            conn.rollback()  # ends the transaction, and with it the lock; nothing else was written on it
+        else:
+            conn.execute(sqlalchemy.text("SELECT RELEASE_LOCK(:k)"), {"k": f"h2s:{key}"})
+            conn.commit()
+    except Exception:
+        # The lock belongs to the session: closing the connection for good is what releases it now.
+        with contextlib.suppress(Exception):
+            conn.invalidate()
+    with contextlib.suppress(Exception):
+        conn.close()
+
+
+_lock_engines: dict[tuple[int, str], object] = {}
+
+
+def _lock_engine(u: StorageURL):
+    """One small engine per process and database for the study lock.
+
+    Its connection is kept between trials: a new PostgreSQL connection forks a server process, which is
+    too dear to pay on every trial's admission. Keyed by pid, so a forked child never shares a socket.
+    """
+    import sqlalchemy
+
+    key = (os.getpid(), u.sqlalchemy)
+    engine = _lock_engines.get(key)
+    if engine is None:
+        engine = sqlalchemy.create_engine(u.sqlalchemy, pool_size=1, max_overflow=1, pool_recycle=300,
+                                          connect_args=engine_kwargs(u).get("connect_args", {}))
+        _lock_engines[key] = engine
+    return engine

@@ -1,0 +1,235 @@
+"""search.storage: URL options and pooler detection, pickling, no process-wide side effects, the study lock
+through pgbouncer, and the worker cache (same prune decisions as uncached storage, exact trial states)."""
+
+from __future__ import annotations
+
+import pickle
+import sqlite3
+import threading
+import warnings
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+import search.storage as storage_pkg
+from search.storage import (
+    FleetCachedStorage,
+    ReconnectingRDBStorage,
+    StorageError,
+    creation_lock,
+    engine_kwargs,
+    open_storage,
+    parse_url,
+)
+
+
+# --------------------------------------------------------------------------- the package
+def test_public_names_are_exported_and_importable():
+    for name in storage_pkg.__all__:
+        assert getattr(storage_pkg, name) is not None, name
+    # what other modules and benchmarks import today
+    from search.storage import (  # noqa: F401
+        _RECONNECTING,
+        DEFAULT_URL,
+        _reconnecting_class,
+        heartbeat_settings,
+        mask_password,
+        resolve_url,
+        set_user_attrs,
+        storage_errors,
+    )
+
+    assert _reconnecting_class() is ReconnectingRDBStorage
+    assert ReconnectingRDBStorage.__module__ == "search.storage._rdb"
+
+
+# --------------------------------------------------------------------------- URLs and the pooler
+@pytest.mark.parametrize("url, pooler, sqlalchemy", [
+    ("postgresql://u@db:5432/h2s", False, "postgresql+psycopg://u@db:5432/h2s"),
+    ("postgresql://u@db:6432/h2s", True, "postgresql+psycopg://u@db:6432/h2s"),
+    ("postgresql://u@db:6432/h2s?h2s_pooler=none", False, "postgresql+psycopg://u@db:6432/h2s"),
+    ("postgresql://u:pw@db/h2s?sslmode=require&h2s_pooler=pgbouncer", True,
+     "postgresql+psycopg://u:pw@db/h2s?sslmode=require"),
+    ("mysql://root@db:6432/h2s", False, "mysql+pymysql://root@db:6432/h2s"),
+])
+def test_the_pooler_is_detected_or_declared_and_our_option_never_reaches_sqlalchemy(url, pooler, sqlalchemy):
+    u = parse_url(url)
+    assert (u.pooler, u.sqlalchemy) == (pooler, sqlalchemy)
+    kw = engine_kwargs(u)
+    if u.backend == "postgresql":
+        assert kw["connect_args"]["prepare_threshold"] is None  # pgbouncer 1.18 cannot carry them
+    assert (kw["pool_size"], kw["max_overflow"]) == ((1, 1) if pooler else (2, 2))
+
+
+@pytest.mark.parametrize("url", ["postgresql://u@db/h2s?h2s_pooler=yes", "mysql://u@db/h2s?h2s_pooler=pgbouncer"])
+def test_a_bad_pooler_option_is_one_clear_error(url):
+    with pytest.raises(StorageError, match="h2s_pooler"):
+        parse_url(url)
+
+
+# --------------------------------------------------------------------------- Optuna's contract
+def test_opening_a_storage_leaves_the_warning_filters_alone(tmp_path):
+    before = list(warnings.filters)
+    s = open_storage(f"sqlite:///{tmp_path / 'w.db'}", cache=True)
+    assert warnings.filters == before
+    with pytest.warns(optuna.exceptions.ExperimentalWarning):  # the user's own experimental calls still warn
+        optuna.storages.fail_stale_trials(optuna.create_study(storage=s))
+
+
+def test_sqlite_storage_unpickles_with_wal_and_begin_immediate(tmp_path):
+    path = tmp_path / "p.db"
+    for cached in (False, True):
+        s = pickle.loads(pickle.dumps(open_storage(f"sqlite:///{path}", cache=cached)))
+        rdb = s._backend if cached else s
+        assert type(rdb) is ReconnectingRDBStorage and (type(s) is FleetCachedStorage) == cached
+        with rdb.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            conn.exec_driver_sql("SELECT count(*) FROM studies").scalar()  # a read, inside our transaction
+            # BEGIN IMMEDIATE: even a reading transaction holds the write lock; nobody else may write now
+            other = sqlite3.connect(path, timeout=0)
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                other.execute("INSERT INTO version_info (version_info_id, schema_version, library_version) "
+                              "VALUES (99, 0, 'x')")
+            other.close()
+        rdb.engine.dispose()
+
+
+def test_postgresql_storages_pickle(pg_db):
+    for cached in (False, True):
+        s = open_storage(pg_db.url, cache=cached)
+        study = optuna.create_study(storage=s, study_name=f"p{cached}")
+        study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+        back = pickle.loads(pickle.dumps(s))
+        assert type(back) is type(s)
+        assert len(optuna.load_study(study_name=f"p{cached}", storage=back).trials) == 2
+        for x in (s, back):
+            getattr(x, "_backend", x).engine.dispose()
+
+
+# --------------------------------------------------------------------------- the study lock through pgbouncer
+def test_the_study_lock_excludes_through_transaction_pooling(pgb_db):
+    assert parse_url(pgb_db.url).pooler
+    order: list[str] = []
+    held, release = threading.Event(), threading.Event()
+
+    def first():
+        with creation_lock(pgb_db.url, "s"):
+            order.append("first in")
+            held.set()
+            release.wait(30)
+            order.append("first out")
+
+    def second():
+        held.wait(30)
+        with creation_lock(pgb_db.url, "s"):
+            order.append("second in")
+
+    a, b = threading.Thread(target=first), threading.Thread(target=second)
+    a.start()
+    b.start()
+    held.wait(30)
+    b.join(1.0)  # let the second try while the first holds the lock
+    assert b.is_alive() and order == ["first in"]
+    release.set()
+    a.join(30)
+    b.join(30)
+    assert order == ["first in", "first out", "second in"]
+
+
+# --------------------------------------------------------------------------- the cache
+def _replay(storage, pruner, study_name: str, n: int = 24, parallel: int = 6, steps: int = 9) -> list:
+    """A recorded study, replayed: `parallel` trials at a time, each reporting a value per step and asking
+    the pruner. Returns every decision (trial number, step, pruned)."""
+    study = optuna.create_study(study_name=study_name, storage=storage, pruner=pruner,
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    for i in range(n):
+        study.enqueue_trial({"x": (i * 7 % n) / n})
+    decisions, live, started = [], [], 0
+    while started < n or live:
+        while len(live) < parallel and started < n:
+            t = study.ask()
+            t.suggest_float("x", 0, 1)
+            live.append([t, 0])
+            started += 1
+        for entry in list(live):
+            t, step = entry[0], entry[1] + 1
+            entry[1] = step
+            t.report(t.params["x"] + 1.0 / step, step)
+            pruned = t.should_prune()
+            decisions.append((t.number, step, pruned))
+            if pruned:
+                study.tell(t, state=TrialState.PRUNED)
+                live.remove(entry)
+            elif step == steps:
+                study.tell(t, t.params["x"])
+                live.remove(entry)
+    return decisions
+
+
+@pytest.mark.parametrize("make_pruner", [
+    lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=9, reduction_factor=3),
+    lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2),
+], ids=["hyperband", "asha"])
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_the_cache_gives_the_same_prune_decisions_as_uncached_storage(backend, make_pruner, request, tmp_path):
+    url = f"sqlite:///{tmp_path / 'r.db'}" if backend == "sqlite" else request.getfixturevalue("pg_db").url
+    plain = open_storage(url, heartbeat=False)  # what Optuna itself does: _CachedStorage, every read fresh
+    # A time-to-live longer than the test: every read after the first relies on the narrow refresh and
+    # on this process's writes marking their trials.
+    cached = open_storage(url, heartbeat=False, cache=True, ttl=3600)
+    expected = _replay(plain, make_pruner(), "replay")
+    optuna.delete_study(study_name="replay", storage=plain)  # Hyperband's brackets hash the study name
+    got = _replay(cached, make_pruner(), "replay")
+    assert sum(p for *_, p in expected) >= 3, "the replay should prune something"
+    assert got == expected
+    for s in (plain, cached):
+        getattr(s, "_backend", s).engine.dispose()
+
+
+def test_other_workers_trials_states_and_reports_are_exact_and_overwrites_lag_at_most_the_ttl(pg_db):
+    mine = open_storage(pg_db.url, heartbeat=False, cache=True, ttl=3600)
+    theirs = open_storage(pg_db.url, heartbeat=False)
+    study = optuna.create_study(study_name="s", storage=mine)
+    other = optuna.load_study(study_name="s", storage=theirs)
+    study.enqueue_trial({"x": 0.5})
+    assert [t.state for t in study.get_trials()] == [TrialState.WAITING]
+    t = other.ask()  # another worker pops the enqueued trial, reports, and records an attribute
+    t.suggest_float("x", 0, 1)
+    t.set_user_attr("host", "a")
+    assert [x.state for x in study.get_trials()] == [TrialState.RUNNING]  # states: exact
+    t.report(1.0, 1)
+    t.report(2.0, 2)
+    t.suggest_float("y", 0, 1)
+    t.storage.set_trial_system_attr(t._trial_id, "completed_rung_0", 2.0)
+    got = study.get_trials()[0]
+    assert got.intermediate_values == {1: 1.0, 2: 2.0}  # added rows: at once
+    assert got.params == {"x": 0.5, "y": t.params["y"]} and got.system_attrs["completed_rung_0"] == 2.0
+    t.set_user_attr("host", "b")  # overwritten in place: seen at the next full read (ttl)
+    other.enqueue_trial({"x": 0.7})
+    got = study.get_trials()
+    assert [x.state for x in got] == [TrialState.RUNNING, TrialState.WAITING]  # new trials: at once
+    assert got[0].user_attrs == {"host": "a"}
+    mine.invalidate(study._study_id)
+    assert study.get_trials()[0].user_attrs == {"host": "b"}
+    other.tell(t, 1.0)
+    assert study.get_trials()[0].state == TrialState.COMPLETE and study.get_trials()[0].value == 1.0
+    for s in (mine._backend, theirs):
+        s.engine.dispose()
+
+
+def test_study_look_ups_are_cached_and_own_writes_seen_at_once(tmp_path):
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    s = open_storage(url, heartbeat=False, cache=True, ttl=3600)
+    study = optuna.create_study(study_name="l", storage=s)
+    study.set_user_attr("a", 1)
+    assert study.user_attrs == {"a": 1}
+    calls = []
+    real = s._backend.get_study_user_attrs
+    s._backend.get_study_user_attrs = lambda sid: calls.append(sid) or real(sid)
+    for _ in range(3):
+        assert study.user_attrs == {"a": 1} and s.get_study_id_from_name("l") == study._study_id
+    assert calls == []  # served from the cache
+    study.set_user_attr("a", 2)
+    assert study.user_attrs == {"a": 2} and len(calls) == 1
+    s._backend.engine.dispose()
