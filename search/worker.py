@@ -388,7 +388,7 @@ def _run_one(study: optuna.Study, runner: TrialRunner, admission: Admission, log
     runner.admit(admission)
     try:
         study.optimize(runner, n_trials=1, catch=(TrialFailed,), gc_after_trial=True)
-    except (optuna.exceptions.UpdateFinishedTrialError, ValueError) as exc:
+    except (optuna.exceptions.UpdateFinishedTrialError, ValueError, AssertionError) as exc:
         ended = _ended_elsewhere(study, admission.trial, exc)
         if ended is None:
             raise
@@ -411,9 +411,14 @@ def _pause(seconds: float, stop: StopFlag) -> None:
 
 
 def _ended_elsewhere(study, number: int | None, exc: BaseException) -> str | None:
-    """The state of our trial if another process finished it under us (a stale heartbeat), else None."""
+    """The state of our trial if another process finished it under us (a stale heartbeat), else None.
+
+    Optuna says so with UpdateFinishedTrialError, "Cannot tell a ..." or, when the trial is failed between
+    its own checks, an AssertionError("Should not reach.") from inside study.optimize.
+    """
+    said = ("Cannot tell a", "Should not reach")
     if number is None or not (isinstance(exc, optuna.exceptions.UpdateFinishedTrialError)
-                              or str(exc).startswith("Cannot tell a")):
+                              or str(exc).startswith(said)):
         return None
     t = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
     return t.state.name if t is not None and t.state.is_finished() else None
