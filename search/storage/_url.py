@@ -105,12 +105,23 @@ def is_disconnect(exc: BaseException) -> bool:
 
     seen = 0
     while exc is not None and seen < 4:
-        if isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
+        if isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)) or _driver_disconnect(exc):
             return True
         if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
             return True
         exc, seen = exc.__cause__, seen + 1
     return False
+
+
+_DRIVERS_RAISING = ("psycopg", "psycopg2", "pymysql", "MySQLdb")
+
+
+def _driver_disconnect(exc: BaseException) -> bool:
+    """A driver's own (PEP 249) OperationalError or InterfaceError. SQLAlchemy wraps these, except when a
+    connection it invalidated after a failed pre-ping cannot be replaced: then the driver's error comes
+    through as it is (seen with a database that refuses new connections for a moment)."""
+    return any(c.__name__ in ("OperationalError", "InterfaceError") and c.__module__.split(".")[0] in _DRIVERS_RAISING
+               for c in type(exc).__mro__)
 
 
 def engine_kwargs(u: StorageURL) -> dict:

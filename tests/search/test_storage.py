@@ -233,3 +233,17 @@ def test_study_look_ups_are_cached_and_own_writes_seen_at_once(tmp_path):
     study.set_user_attr("a", 2)
     assert study.user_attrs == {"a": 2} and len(calls) == 1
     s._backend.engine.dispose()
+
+
+def test_a_drivers_own_connection_error_counts_as_a_lost_connection():
+    """SQLAlchemy lets psycopg's OperationalError through unwrapped when a pre-pinged connection cannot be
+    replaced; the reconnecting storage must still wait it out."""
+    import psycopg
+    import pymysql
+
+    from search.storage import is_disconnect
+
+    assert is_disconnect(psycopg.OperationalError("database is not currently accepting connections"))
+    assert is_disconnect(pymysql.err.OperationalError(2003, "Can't connect"))
+    assert not is_disconnect(psycopg.errors.UniqueViolation("duplicate key"))
+    assert not is_disconnect(ValueError("not a database error"))
