@@ -79,6 +79,10 @@ def die_with_parent():
 # throughput of one worker (README, "Several trials per GPU"). More than 4 gains little there and
 # multiplies per-process context memory; the memory cap below lowers it where trials are large.
 DEFAULT_WORKERS_PER_DEVICE = 4
+# Workers on a CPU-only machine, one thread each. A small model gains little from a second intra-op thread
+# and much from a second process: on 2 cores the demo capacity search took 147 s with two single-threaded
+# workers against 369 s with one two-threaded worker (benchmarks/README.md). At most 4, SQLite's limit.
+CPU_DEFAULT_WORKERS = 4
 
 
 def _device_list(devices: str) -> list[str]:
@@ -89,7 +93,7 @@ def _device_list(devices: str) -> list[str]:
 
 
 def plan_devices(workers: int | None, devices: str | None, workers_per_device: int | None, gpu_count: int,
-                 mps: bool) -> list[str]:
+                 mps: bool, cpus: int = 1) -> list[str]:
     """The device of each local worker, in start order.
 
     - `--devices LIST`: each entry gets K workers (K = --workers-per-device, default 1, so a list like
@@ -97,7 +101,8 @@ def plan_devices(workers: int | None, devices: str | None, workers_per_device: i
     - GPUs visible: K workers per GPU (default DEFAULT_WORKERS_PER_DEVICE), or --workers N spread round
       robin over cuda:0, cuda:1, ...
     - Apple MPS: one device, K workers (or N).
-    - CPU only: as before, one 'auto' worker by default, N > 1 -> N cpu workers; K counts as N there.
+    - CPU only: one single-threaded worker per core (`cpus`), at most CPU_DEFAULT_WORKERS; one core: one
+      'auto' worker. --workers N -> N cpu workers; K counts as N there.
     --workers 0 only creates the study."""
     if workers is not None and workers < 0:
         raise UserError(f"--workers must be >= 0, got {workers}")
@@ -112,7 +117,7 @@ def plan_devices(workers: int | None, devices: str | None, workers_per_device: i
     elif mps:
         pool, k = ["mps"], workers_per_device or DEFAULT_WORKERS_PER_DEVICE
     else:
-        n = workers if workers is not None else (workers_per_device or 1)
+        n = workers if workers is not None else (workers_per_device or min(max(cpus, 1), CPU_DEFAULT_WORKERS))
         return ["cpu" if n > 1 else "auto"] * n
     n = workers if workers is not None else k * len(pool)
     return [pool[i % len(pool)] for i in range(n)]  # round robin: cuda:0, cuda:1, ..., cuda:0, ...
@@ -191,7 +196,7 @@ def start(study: str, *, storage: str | None, data: Path | None, n_trials: int |
           devices: str | None, checkpoint_dir: Path | None, say=print, progress=None,
           artifact_dir: Path | None = None, workers_per_device: int | None = None) -> StartResult:
     spec = load_spec(study)
-    devs = plan_devices(workers, devices, workers_per_device, visible_gpus(), mps_available())
+    devs = plan_devices(workers, devices, workers_per_device, visible_gpus(), mps_available(), os.cpu_count() or 1)
     choice = choose_data(data)
     say(choice.describe())
     if choice.synthetic and spec.demo:

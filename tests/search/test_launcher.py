@@ -24,6 +24,10 @@ HOW2SIGN_INPUT, HOW2SIGN_VOCAB = NUM_POINTS * 3, 16000
 
 def test_cpu_only_keeps_todays_plan():
     assert plan_devices(None, None, None, gpu_count=0, mps=False) == ["auto"]
+    # a CPU-only machine: one single-threaded worker per core, at most 4
+    assert plan_devices(None, None, None, gpu_count=0, mps=False, cpus=2) == ["cpu", "cpu"]
+    assert plan_devices(None, None, None, gpu_count=0, mps=False, cpus=16) == ["cpu"] * 4
+    assert plan_devices(2, None, None, gpu_count=0, mps=False, cpus=16) == ["cpu", "cpu"]
     assert plan_devices(1, None, None, gpu_count=0, mps=False) == ["auto"]
     assert plan_devices(3, None, None, gpu_count=0, mps=False) == ["cpu"] * 3
     assert plan_devices(None, None, 2, gpu_count=0, mps=False) == ["cpu"] * 2
