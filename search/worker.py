@@ -238,15 +238,20 @@ class TrialRunner:
         return result
 
     def _reporter(self, run: TrialRun) -> Callable[[int, float], None]:
-        """train()'s per-epoch hook: one storage write per epoch (the intermediate value)."""
+        """train()'s per-epoch hook: one storage write per epoch (the intermediate value).
+
+        The anchor is never pruned: it is the reference every other trial is read against, so it runs to
+        its own early stop like the hand-run V4 did (its curve still feeds the pruner's rungs).
+        """
         trial, multi = run.trial, self.spec.multi_objective
+        anchor = TrialRecord.read(trial).anchor is True
 
         def report(epoch: int, val_loss: float) -> None:
             if multi:  # Optuna cannot prune multi-objective studies: epochs_run is their progress
                 TrialRecord(epochs_run=epoch).write(trial)
                 return
             trial.report(val_loss, epoch)
-            if trial.should_prune():
+            if not anchor and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch} (val_loss {val_loss:.4f})")
 
         return report

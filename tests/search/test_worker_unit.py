@@ -135,6 +135,17 @@ def test_a_pruned_trial_records_its_time_split_too(tmp_path):
     assert_time_adds_up(t)
 
 
+def test_the_anchor_is_never_pruned_but_still_reports_its_curve(tmp_path):
+    spec = spec_for(tmp_path)
+    study, runner = make_runner(tmp_path, spec, FakeTraining(), pruner=optuna.pruners.ThresholdPruner(upper=1.0))
+    study.enqueue_trial(spec.anchor_params, user_attrs=TrialRecord(anchor=True, anchor_name="v4").attrs())
+    study.optimize(runner, n_trials=2)
+    anchor, other = study.trials
+    assert TrialRecord.read(anchor).anchor is True and anchor.state == TrialState.COMPLETE
+    assert sorted(anchor.intermediate_values) == [1, 2, 3]  # the pruner still sees the anchor's curve
+    assert other.state == TrialState.PRUNED  # the same pruner prunes any other trial
+
+
 def test_single_objective_writes_one_thing_per_epoch_and_multi_objective_writes_epochs_run(tmp_path):
     seen = []
 
