@@ -33,6 +33,7 @@ from .data import PackedSplit, bucket_batches, load_split
 from .device import amp_dtype, autocast, resolve_device
 from .encoder_file import ENCODER_FILE, FeatureLayout, save_encoder
 from .model import ConfigError, ModelConfig, PoseEncoder, check_heads
+from .progress import EpochProgress
 
 CHECKPOINT = "pretrain_checkpoint.pt"
 VAL_MASK_SEED = 7919  # val masks are fixed, so epochs and runs are compared on the same hidden keypoints
@@ -361,7 +362,7 @@ def pretrain(cfg: PretrainConfig, root: Path, out_dir: Path, *, device: str = "a
     run = _Run(cfg, Path(root), out, device, amp)
     resumed = run.restore(out / CHECKPOINT) if resume else None
     t0, interrupted = time.perf_counter(), False
-    bar = _Progress(progress, cfg.epochs, run.state["epoch"])
+    bar = EpochProgress(progress, cfg.epochs, run.state["epoch"], label="pretrain epochs")
     try:
         for epoch in range(run.state["epoch"] + 1, cfg.epochs + 1):
             t_epoch = time.perf_counter()
@@ -382,7 +383,8 @@ def pretrain(cfg: PretrainConfig, root: Path, out_dir: Path, *, device: str = "a
             if improved:
                 run.state.update(best_epoch=epoch, best_val_error=val_error)
             run.save(improved)
-            bar.end_epoch(rec)
+            bar.end_epoch(f"loss {rec['train_loss']:.4f}  val {rec['val_error']:.4f}  "
+                          f"interpolation {rec['interpolation_error']:.4f}")
             if on_epoch:
                 on_epoch(rec)
     finally:
@@ -391,35 +393,3 @@ def pretrain(cfg: PretrainConfig, root: Path, out_dir: Path, *, device: str = "a
     return PretrainResult(str(out), str(out / ENCODER_FILE), run.state["epoch"], run.state["best_epoch"], best,
                           run.interp, bool(best < run.interp), verdict_line(best, run.interp), run.params,
                           time.perf_counter() - t0, str(run.dev), resumed, interrupted, run.state["history"])
-
-
-class _Progress:
-    """A rich bar over epochs and the current epoch's batches (a no-op when disabled)."""
-
-    def __init__(self, enabled: bool, total: int, done: int):
-        self.p = None
-        if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                              TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
-            self.p.start()
-            self.epochs = self.p.add_task("pretrain epochs", total=total, completed=done, info="")
-            self.batches = self.p.add_task("batches", total=1, info="")
-
-    def start_epoch(self, epoch: int, n: int) -> None:
-        if self.p:
-            self.p.reset(self.batches, total=n, description=f"epoch {epoch}", info="")
-
-    def advance(self) -> None:
-        if self.p:
-            self.p.advance(self.batches)
-
-    def end_epoch(self, rec: dict) -> None:
-        if self.p:
-            self.p.update(self.epochs, advance=1, info=f"loss {rec['train_loss']:.4f}  val {rec['val_error']:.4f}  "
-                                                       f"interpolation {rec['interpolation_error']:.4f}")
-
-    def close(self) -> None:
-        if self.p:
-            self.p.stop()

@@ -28,6 +28,7 @@ from .config import Phase, TrainConfig
 from .device import adamw_options, amp_dtype, autocast, padding_multiples, resolve_device
 from .encoder_init import apply_encoder_init, encoder_outputs, param_groups
 from .model import SignTranslator
+from .progress import EpochProgress
 from .run_metrics import RunMetrics
 from .vocab import PAD_ID
 
@@ -276,7 +277,7 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: Path, *, device: str = "au
     run = Run.build(cfg, data, Path(out_dir), device, amp)
     state = run.resume(resume)
     resumed_from = state.epoch or None  # a checkpoint holds at least one finished epoch
-    writer, bar, ended = checkpoint.BackgroundWriter(), _Progress(progress, cfg.total_epochs, state.epoch), ""
+    writer, bar, ended = checkpoint.BackgroundWriter(), EpochProgress(progress, cfg.total_epochs, state.epoch), ""
     try:
         for epoch in range(state.epoch + 1, cfg.total_epochs + 1):
             phase = cfg.phase(epoch)
@@ -293,7 +294,7 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: Path, *, device: str = "au
             improved = state.end_epoch(record, cfg.min_delta)
             with times.clock("checkpoint"):
                 save_checkpoints(run, state, improved, writer)
-            bar.end_epoch(record, state.best_val_loss)
+            bar.end_epoch(f"train {record['train_loss']:.3f}  val {record['val_loss']:.3f}  best {state.best_val_loss:.3f}")
             if on_epoch:
                 on_epoch(record)
             if report:
@@ -325,34 +326,3 @@ def _result(run: Run, state: TrainState, times: TrainTimes, seconds: float, ende
         resumed_from_epoch=resumed_from, history=state.history,
     )
 
-
-class _Progress:
-    """A rich progress bar over epochs and the batches of the current epoch (no-op when disabled)."""
-
-    def __init__(self, enabled: bool, total_epochs: int, done: int):
-        self.p = None
-        if not enabled:
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                          TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
-        self.p.start()
-        self.epochs = self.p.add_task("epochs", total=total_epochs, completed=done, info="")
-        self.batches = self.p.add_task("batches", total=1, info="")
-
-    def start_epoch(self, epoch: int, n: int) -> None:
-        if self.p:
-            self.p.reset(self.batches, total=n, description=f"epoch {epoch}", info="")
-
-    def advance(self) -> None:
-        if self.p:
-            self.p.advance(self.batches)
-
-    def end_epoch(self, rec: dict, best: float) -> None:
-        if self.p:
-            self.p.update(self.epochs, advance=1, info=f"train {rec['train_loss']:.3f}  val {rec['val_loss']:.3f}  best {best:.3f}")
-
-    def close(self) -> None:
-        if self.p:
-            self.p.stop()
