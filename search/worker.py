@@ -259,8 +259,9 @@ class TrialRunner:
     def evaluate(self, run: TrialRun, result: TrainResult):
         t0 = time.perf_counter()
         try:
+            # The best epoch's validation loss is the one train() measured: no second pass over the split.
             return self.evaluate_fn(run.out / BEST, self.data.root, "val", device=str(self.device),
-                                    criteria=self.spec.criteria)
+                                    criteria=self.spec.criteria, val_loss=result.best_val_loss)
         finally:
             run.clock.evaluate = time.perf_counter() - t0
 
