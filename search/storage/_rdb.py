@@ -6,9 +6,11 @@ import functools
 import logging
 import threading
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from optuna.storages import RDBStorage
+from optuna.trial import TrialState
 
 from ._url import SQLITE_BUSY_TIMEOUT, is_disconnect, mask_password, reconnect_seconds
 
@@ -102,8 +104,7 @@ class ReconnectingRDBStorage(RDBStorage):
         from optuna.storages._rdb.storage import _create_scoped_session
 
         with _create_scoped_session(self.scoped_session, True) as session:
-            for key, value in attrs.items():
-                self._set_trial_attr_without_commit(session, models.TrialUserAttributeModel, trial_id, key, value)
+            self._replace_attrs(session, models.TrialUserAttributeModel, trial_id, attrs)
 
     def _trial_system_attrs(self, trial_id: int) -> dict[str, Any]:
         """One trial's system attributes in one query (a pruner's look at its own trial, every epoch)."""
@@ -125,51 +126,131 @@ class ReconnectingRDBStorage(RDBStorage):
         from sqlalchemy import func
 
         with _create_scoped_session(self.scoped_session) as session:
-            return {name: session.query(func.max(pk)).scalar() or 0 for name, (_, pk) in _children().items()}
+            return {name: session.query(func.max(_news_columns(name)[1])).scalar() or 0 for name in _NEWS}
 
-    def _trial_news(self, study_id: int, marks: dict[str, int]) -> tuple[list, dict[str, list], dict[str, int]]:
-        """(trial id and state of every trial of the study, rows added since `marks` per table, new marks).
+    def _set_trial_attr_without_commit(self, session, model_cls, trial_id: int, key: str, value: Any) -> None:
+        self._replace_attrs(session, model_cls, trial_id, {key: value})
 
-        Params, intermediate values and attributes are only ever added to a running trial (an attribute
-        may also be overwritten in place: that is what FleetCachedStorage's periodic full read is for), so
-        rows above the last mark are all that a reader needs besides the states. Each query is one index
-        range scan; the sizes do not grow with the study, only with what happened since the last read.
+    def _replace_attrs(self, session, model_cls, trial_id: int, attrs: dict[str, Any]) -> None:
+        """Attributes are always new rows: an overwrite deletes the old row and inserts a new one.
+
+        Optuna updates an existing attribute in place, which leaves no trace a reader could find short of
+        re-reading the whole trial; a new row has a new row id, so every FleetCachedStorage sees the
+        overwrite in its next narrow read (`_trial_news`), exactly. Three statements for any number of keys.
         """
+        import json
+
         from optuna.storages._rdb import models
+
+        trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
+        self.check_trial_is_updatable(trial_id, trial.state)
+        session.query(model_cls).filter(model_cls.trial_id == trial_id, model_cls.key.in_(list(attrs))).delete(
+            synchronize_session=False)
+        session.add_all([model_cls(trial_id=trial_id, key=key, value_json=json.dumps(value))
+                         for key, value in attrs.items()])
+        session.flush()
+
+    def _study_news(self, study_id: int, since: int, marks: dict[str, int], pending: dict[str, list[int]],
+                    open_ids: Iterable[int]) -> tuple[list[tuple], dict[str, list[tuple]]]:
+        """What changed in a study since a reader's last look, in one statement (one round trip, one snapshot).
+
+        Returns (listing, rows). The listing has (trial id, number, state, start, complete) of the trials
+        above `since`, in `open_ids` (the reader holds them as unfinished) or in `pending["trials"]`; a
+        finished trial never changes again, so those are all a reader needs. `rows` has, per per-trial
+        table ("params", "intermediate", "user", "system", "values"), the rows whose id is above
+        `marks[table]` or in `pending[table]`, as (row id, trial id, key, value[, distribution]), in id order.
+        Per-trial rows are only ever added (this storage writes an overwritten attribute as a new row), so
+        these are all the changes. Every part is an index range scan or lookup whose size grows with what
+        happened since the last look and with the running trials, not with the study.
+        """
         from optuna.storages._rdb.storage import _create_scoped_session
 
-        out: dict[str, list] = {}
-        new_marks = dict(marks)
         with _create_scoped_session(self.scoped_session) as session:
-            states = (session.query(models.TrialModel.trial_id, models.TrialModel.state)
-                      .filter(models.TrialModel.study_id == study_id).all())
-            for name, (model, pk) in _children().items():
-                rows = (session.query(model).join(models.TrialModel, model.trial_id == models.TrialModel.trial_id)
-                        .filter(models.TrialModel.study_id == study_id, pk > marks.get(name, 0))
-                        .order_by(pk).all())
-                out[name] = [_decode(name, r) for r in rows]
-                if rows:
-                    new_marks[name] = max(new_marks.get(name, 0), getattr(rows[-1], pk.key))
-        return [(tid, state) for tid, state in states], out, new_marks
+            result = session.execute(self._news_statement(study_id, since, marks, pending, open_ids)).all()
+        listing: list[tuple] = []
+        rows: dict[str, list[tuple]] = {name: [] for name in _NEWS}
+        for kind, pk, trial_id, key, num, text, start, complete in result:
+            if kind == 0:
+                listing.append((trial_id, int(num), TrialState[key], _local(start), _local(complete)))
+            else:
+                name = _NEWS[kind - 1]
+                rows[name].append((pk, *_decode(name, trial_id, key, num, text)))
+        return listing, rows
+
+    def _news_statement(self, study_id, since, marks, pending, open_ids):
+        import sqlalchemy as sa
+        from optuna.storages._rdb import models
+
+        trial = models.TrialModel
+        text, number = sa.String, sa.Float
+
+        def typed(value, type_):
+            return sa.cast(sa.null(), type_) if value is None else sa.cast(value, type_)
+
+        def moment(column):  # not cast: SQLite would turn a stored timestamp into a number
+            return sa.cast(sa.null(), sa.DateTime) if column is None else column
+
+        def branch(kind, pk, trial_id, key, num, value, where, start=None, complete=None):
+            return sa.select(sa.literal(kind, sa.Integer).label("kind"), pk.label("pk"), trial_id.label("trial_id"),
+                             typed(key, text).label("k"), typed(num, number).label("num"),
+                             typed(value, text).label("txt"), moment(start).label("ts1"),
+                             moment(complete).label("ts2")).where(where)
+
+        wanted = sorted(set(open_ids) | set(pending.get("trials", ())))
+        parts = [branch(0, trial.trial_id, trial.trial_id, trial.state, trial.number, None,
+                        sa.and_(trial.study_id == study_id, sa.or_(trial.trial_id > since,
+                                                                   self._one_of(trial.trial_id, wanted, "t"))),
+                        trial._datetime_start_utc, trial._datetime_complete_utc)]
+        for kind, name in enumerate(_NEWS, start=1):
+            model, pk, key, num, value = _news_columns(name)
+            above = pk > marks.get(name, 0)
+            late = pending.get(name)
+            parts.append(branch(kind, pk, model.trial_id, key, num, value, sa.and_(
+                model.trial_id == trial.trial_id, trial.study_id == study_id,
+                sa.or_(above, self._one_of(pk, late, name)) if late else above)))
+        union = sa.union_all(*parts).subquery()
+        return sa.select(union).order_by(union.c.kind, union.c.pk)
+
+    def _one_of(self, column, ids: list[int], name: str):
+        """`column IN ids`; on PostgreSQL one array parameter (`= ANY(:ids)`), not one placeholder per id."""
+        import sqlalchemy
+
+        if self.engine.dialect.name != "postgresql":
+            return column.in_(ids)
+        from sqlalchemy.dialects.postgresql import ARRAY
+
+        return column == sqlalchemy.any_(sqlalchemy.bindparam(f"ids_{name}", list(ids),
+                                                              type_=ARRAY(sqlalchemy.Integer)))
 
 
-for _name in (*_RECONNECTING, "set_trial_user_attrs", "_trial_news", "_child_marks",
+for _name in (*_RECONNECTING, "set_trial_user_attrs", "_study_news", "_child_marks",
               "_trial_system_attrs"):
     setattr(ReconnectingRDBStorage, _name, _reconnecting(_name, getattr(ReconnectingRDBStorage, _name)))
 del _name
 
 
-def _children() -> dict:
+_NEWS = ("params", "intermediate", "user", "system", "values")  # the per-trial tables, in news kind order
+
+
+def _news_columns(name: str) -> tuple:
+    """(model, row id, key column, number column, text column) of one per-trial table."""
     from optuna.storages._rdb import models
 
-    return {"params": (models.TrialParamModel, models.TrialParamModel.param_id),
-            "intermediate": (models.TrialIntermediateValueModel,
-                             models.TrialIntermediateValueModel.trial_intermediate_value_id),
-            "user": (models.TrialUserAttributeModel, models.TrialUserAttributeModel.trial_user_attribute_id),
-            "system": (models.TrialSystemAttributeModel, models.TrialSystemAttributeModel.trial_system_attribute_id)}
+    if name == "params":
+        m = models.TrialParamModel
+        return m, m.param_id, m.param_name, m.param_value, m.distribution_json
+    if name == "intermediate":
+        m = models.TrialIntermediateValueModel
+        return m, m.trial_intermediate_value_id, m.step, m.intermediate_value, m.intermediate_value_type
+    if name == "values":
+        m = models.TrialValueModel
+        return m, m.trial_value_id, m.objective, m.value, m.value_type
+    m = models.TrialUserAttributeModel if name == "user" else models.TrialSystemAttributeModel
+    pk = m.trial_user_attribute_id if name == "user" else m.trial_system_attribute_id
+    return m, pk, m.key, None, m.value_json
 
 
-def _decode(name: str, row) -> tuple:
+def _decode(name: str, trial_id: int, key: str, num: float | None, text: str | None) -> tuple:
     """(trial id, key, value[, distribution]) of one per-trial row, as FrozenTrial holds it."""
     import json
 
@@ -177,13 +258,26 @@ def _decode(name: str, row) -> tuple:
     from optuna.storages._rdb import models
 
     if name == "params":
-        dist = distributions.json_to_distribution(row.distribution_json)
-        return row.trial_id, row.param_name, dist.to_external_repr(row.param_value), dist
+        dist = distributions.json_to_distribution(text)
+        return trial_id, key, dist.to_external_repr(num), dist
     if name == "intermediate":
-        value = models.TrialIntermediateValueModel.stored_repr_to_intermediate_value(
-            row.intermediate_value, row.intermediate_value_type)
-        return row.trial_id, row.step, value
-    return row.trial_id, row.key, json.loads(row.value_json)
+        kind = models.TrialIntermediateValueModel.TrialIntermediateValueType[text]
+        return trial_id, int(key), models.TrialIntermediateValueModel.stored_repr_to_intermediate_value(num, kind)
+    if name == "values":
+        kind = models.TrialValueModel.TrialValueType[text]
+        return trial_id, int(key), models.TrialValueModel.stored_repr_to_value(num, kind)
+    return trial_id, key, json.loads(text)
+
+
+def _local(utc):
+    """A stored (naive UTC) datetime as Optuna's FrozenTrial holds it: naive local time."""
+    import datetime
+
+    if utc is None:
+        return None
+    if isinstance(utc, str):  # SQLite inside a UNION: the column's type is not known to the driver
+        utc = datetime.datetime.fromisoformat(utc)
+    return utc.replace(tzinfo=datetime.UTC).astimezone().replace(tzinfo=None)
 
 
 def _shared_sqlite(url: str) -> bool:

@@ -18,7 +18,7 @@ GRACE_PERIOD = 40         # a trial silent this long is stale: failed, then retr
 MAX_RETRY = 3
 RECONNECT_SECONDS = 300   # how long a storage call keeps retrying while the database is unreachable
 SQLITE_BUSY_TIMEOUT = 120  # seconds a SQLite writer waits for the lock instead of failing
-CACHE_SECONDS = 30.0      # a worker re-reads running trials in full at most this often ($H2S_CACHE_SECONDS)
+CACHE_SECONDS = 900.0     # a worker re-reads running trials in full at most this often ($H2S_CACHE_SECONDS)
 POOLER_PORT = 6432        # pgbouncer's customary port: taken as "behind a pooler" unless the URL says otherwise
 POOLER_OPTION = "h2s_pooler"  # ?h2s_pooler=pgbouncer|none in the URL; stripped before SQLAlchemy sees it
 

@@ -187,9 +187,10 @@ def test_the_cache_gives_the_same_prune_decisions_as_uncached_storage(backend, m
         getattr(s, "_backend", s).engine.dispose()
 
 
-def test_other_workers_trials_states_and_reports_are_exact_and_overwrites_lag_at_most_the_ttl(pg_db):
+def test_other_workers_trials_states_reports_and_overwrites_are_exact_and_foreign_overwrites_lag(pg_db):
     mine = open_storage(pg_db.url, heartbeat=False, cache=True, ttl=3600)
     theirs = open_storage(pg_db.url, heartbeat=False)
+    plain = optuna.storages.RDBStorage(pg_db.url.replace("postgresql://", "postgresql+psycopg://"))
     study = optuna.create_study(study_name="s", storage=mine)
     other = optuna.load_study(study_name="s", storage=theirs)
     study.enqueue_trial({"x": 0.5})
@@ -205,15 +206,80 @@ def test_other_workers_trials_states_and_reports_are_exact_and_overwrites_lag_at
     got = study.get_trials()[0]
     assert got.intermediate_values == {1: 1.0, 2: 2.0}  # added rows: at once
     assert got.params == {"x": 0.5, "y": t.params["y"]} and got.system_attrs["completed_rung_0"] == 2.0
-    t.set_user_attr("host", "b")  # overwritten in place: seen at the next full read (ttl)
+    t.set_user_attr("host", "b")  # our storage writes an overwrite as a new row: seen at once
     other.enqueue_trial({"x": 0.7})
     got = study.get_trials()
     assert [x.state for x in got] == [TrialState.RUNNING, TrialState.WAITING]  # new trials: at once
-    assert got[0].user_attrs == {"host": "a"}
-    mine.invalidate(study._study_id)
+    assert got[0].user_attrs == {"host": "b"}
+    plain.set_trial_user_attr(t._trial_id, "host", "c")  # plain Optuna updates in place: seen at the full read
     assert study.get_trials()[0].user_attrs == {"host": "b"}
+    mine.invalidate(study._study_id)
+    assert study.get_trials()[0].user_attrs == {"host": "c"}
     other.tell(t, 1.0)
     assert study.get_trials()[0].state == TrialState.COMPLETE and study.get_trials()[0].value == 1.0
+    for s in (mine._backend, theirs, plain):
+        s.engine.dispose()
+
+
+def _news_sizes(storage) -> list[int]:
+    """Wrap the backend's narrow read; returns the list its listing sizes are appended to."""
+    sizes: list[int] = []
+    real = storage._backend._study_news
+
+    def spy(*args, **kwargs):
+        listing, rows = real(*args, **kwargs)
+        sizes.append(len(listing))
+        return listing, rows
+
+    storage._backend._study_news = spy
+    return sizes
+
+
+def test_a_read_lists_the_unfinished_and_new_trials_only_in_one_statement(tmp_path):
+    s = open_storage(f"sqlite:///{tmp_path / 'n.db'}", heartbeat=False, cache=True, ttl=3600)
+    study = optuna.create_study(study_name="n", storage=s)
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=40)
+    running = [study.ask() for _ in range(3)]
+    study.get_trials()  # warm: the first read is a full one
+    sizes, statements = _news_sizes(s), []
+    import sqlalchemy
+
+    sqlalchemy.event.listen(s._backend.engine, "after_cursor_execute", lambda *a: statements.append(a[2]))
+    got = study.get_trials()
+    assert len(got) == 43 and [t.state for t in got[-3:]] == [TrialState.RUNNING] * 3
+    selects = [x for x in statements if x.startswith("SELECT")]
+    assert sizes == [3] and len(selects) == 1  # the 3 unfinished trials, not the 40 finished ones
+    study.tell(running[0], 0.5)
+    got = study.get_trials()
+    assert got[40].state == TrialState.COMPLETE and got[40].value == 0.5 and sizes[-1] == 3
+    assert len(study.get_trials()) == 43 and sizes[-1] == 2
+    s._backend.engine.dispose()
+
+
+def test_rows_and_trials_committed_out_of_id_order_are_still_read(pg_db):
+    """A slower transaction commits a row with a lower id after a reader has seen a higher one: the reader
+    asks for the skipped ids again, so it still gets the row (and the trial)."""
+    import psycopg
+
+    mine = open_storage(pg_db.url, heartbeat=False, cache=True, ttl=3600)
+    theirs = open_storage(pg_db.url, heartbeat=False)
+    study = optuna.create_study(study_name="o", storage=mine)
+    other = optuna.load_study(study_name="o", storage=theirs)
+    t = other.ask()
+    study.get_trials()  # warm
+    with psycopg.connect(pg_db.url, autocommit=True) as slow:  # takes its ids first, writes and commits last
+        row = slow.execute("SELECT nextval('trial_user_attributes_trial_user_attribute_id_seq')").fetchone()[0]
+        trial = slow.execute("SELECT nextval('trials_trial_id_seq')").fetchone()[0]
+        t.set_user_attr("early", 2)  # a higher row id, committed first
+        other.ask()  # a higher trial id, committed first
+        got = study.get_trials()
+        assert len(got) == 2 and got[0].user_attrs == {"early": 2}
+        slow.execute("INSERT INTO trial_user_attributes (trial_user_attribute_id, trial_id, key, value_json) "
+                     "VALUES (%s, %s, 'late', '1')", (row, t._trial_id))
+        slow.execute("INSERT INTO trials (trial_id, number, study_id, state, datetime_start) VALUES "
+                     "(%s, 2, %s, 'RUNNING', now())", (trial, study._study_id))
+    got = study.get_trials()
+    assert len(got) == 3 and got[0].user_attrs == {"early": 2, "late": 1}
     for s in (mine._backend, theirs):
         s.engine.dispose()
 
