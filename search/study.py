@@ -7,8 +7,6 @@ rebuild everything from those attributes, never from a local file.
 
 from __future__ import annotations
 
-import contextlib
-import threading
 import warnings
 from dataclasses import dataclass
 
@@ -18,7 +16,7 @@ from optuna.trial import TrialState
 from how2sign import __version__
 
 from .errors import UserError
-from .records import UNSET, StudyRecord, TrialRecord
+from .records import STUDY_STORED_AS, UNSET, StudyRecord, TrialRecord
 from .spec import StudySpec, parse
 from .storage import creation_lock, open_storage, parse_url, resolve_url, storage_errors
 
@@ -183,62 +181,51 @@ def budget_used(study: optuna.Study) -> tuple[int, int]:
 
 
 class Admission:
-    """The right to create one trial: it holds the study lock until `release()`.
+    """The right to start one trial: `release(number)` notes which trial it became (the first time only).
 
-    The trial runner releases it as its first act, once Optuna has created (or popped) the trial, so that
-    counting the budget and creating the trial are atomic. `release(number)` also notes which trial it
-    admitted; releasing again is harmless (run_worker releases it after every turn, for a trial that never
-    started).
+    It holds no lock: the budget is enforced where the trial is created (see BudgetGate), so workers start
+    trials concurrently. Releasing again is harmless.
     """
 
-    def __init__(self, lock: contextlib.ExitStack):
-        self._lock: contextlib.ExitStack | None = lock
-        self._mutex = threading.Lock()
+    def __init__(self):
         self.trial: int | None = None  # the number of the trial admitted, once released with it
 
     def release(self, trial: int | None = None) -> None:
-        with self._mutex:
-            if trial is not None and self.trial is None:
-                self.trial = trial
-            if self._lock is not None:
-                self._lock.close()
-                self._lock = None
-
-    @property
-    def held(self) -> bool:
-        return self._lock is not None
+        if trial is not None and self.trial is None:
+            self.trial = trial
 
 
 class BudgetGate:
-    """Admits a new trial only while the study's budget has room: N trials exactly, across all workers."""
+    """Admits a new trial only while the study's budget has room: N trials exactly, across all workers.
+
+    The exact check is in the storage (`limit_new_trials`): Optuna's trial creation, in the transaction
+    that locks the study row, refuses a trial beyond the budget with BudgetSpent. `enter` is the cheap
+    look before it, from the worker's cached view of the study, that also notices a spent budget.
+    """
 
     def __init__(self, opened: Opened):
         self.o = opened
+        storage = opened.study._storage
+        if hasattr(storage, "limit_new_trials"):
+            storage.limit_new_trials(STUDY_STORED_AS["budget"])
 
     def budget(self) -> int:
         stored = StudyRecord.read(self.o.study).budget
         return int(stored if stored is not None else self.o.spec.n_trials)
 
     def enter(self) -> Admission | None:
-        """Take the study lock and check the budget: an Admission while there is room, else None (unlocked)."""
-        stack = contextlib.ExitStack()
-        stack.enter_context(creation_lock(self.o.url, self.o.spec.name, reconnect=True))
-        try:
-            budget = self.budget()
+        """An Admission while the budget looks open, else None."""
+        budget = self.budget()
+        used, waiting = budget_used(self.o.study)
+        if used >= budget and waiting == 0 and self.running():
+            # A dead worker's trial must be failed and re-queued before we give up: Optuna does this only
+            # at the start of a trial (inside optimize), and with the budget spent no trial would start,
+            # so it would stay RUNNING for ever.
+            fail_stale_trials(self.o.study)
             used, waiting = budget_used(self.o.study)
-            if used >= budget and waiting == 0 and self.running():
-                # A dead worker's trial must be failed and re-queued before we give up: Optuna does this only
-                # at the start of a trial (inside optimize, under this lock), and with the budget spent no
-                # trial would start, so it would stay RUNNING for ever.
-                fail_stale_trials(self.o.study)
-                used, waiting = budget_used(self.o.study)
-        except BaseException:
-            stack.close()
-            raise
         if used >= budget and waiting == 0:
-            stack.close()
             return None
-        return Admission(stack)
+        return Admission()
 
     def running(self) -> list[int]:
         """Numbers of RUNNING trials: with the budget spent, one of them may yet go stale and be re-queued."""

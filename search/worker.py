@@ -34,7 +34,7 @@ from .artifacts import note_anchor, open_store, record_trial
 from .pretrained import check_study_encoder
 from .records import UNSET, TrialRecord
 from .space import config_from_trial
-from .storage import heartbeat_settings
+from .storage import BudgetSpent, heartbeat_settings
 from .study import Admission, BudgetGate, FingerprintMismatch, Opened, load_stored
 
 CHECKPOINT_ENV = "H2S_CHECKPOINTS"
@@ -161,7 +161,7 @@ class TrialRunner:
 
     `train` and `evaluate` default to how2sign's train() and evaluate_checkpoint(); tests and benchmarks pass
     stand-ins with the same signatures. Hand the runner each trial's Admission with `admit()` before
-    `study.optimize`: it releases the admission as soon as the trial exists.
+    `study.optimize`: it notes there which trial the admission became.
     """
 
     def __init__(self, opened: Opened, data: TrainData, settings: WorkerSettings, stop: Callable[[], bool],
@@ -188,7 +188,7 @@ class TrialRunner:
         return self.finish(run, result, evaluation)
 
     def begin(self, trial: optuna.Trial) -> TrialRun:
-        """Release the admission (the trial exists now: other workers may create theirs); record who runs it."""
+        """Note which trial the admission became; record who runs it."""
         if self.admission is not None:
             self.admission.release(trial.number)
         clock = Clock()
@@ -384,30 +384,33 @@ def _trial_loop(opened: Opened, runner: TrialRunner, gate: BudgetGate, cap: int 
             _pause(heartbeat_settings()[0], stop)
             continue
         waited = False
-        _run_one(opened.study, runner, admission, log)
-        ran += 1
+        ran += _run_one(opened.study, runner, admission, log)
     return ran
 
 
-def _run_one(study: optuna.Study, runner: TrialRunner, admission: Admission, log) -> None:
-    """One trial through study.optimize, then one line on how it ended if it did not complete."""
+def _run_one(study: optuna.Study, runner: TrialRunner, admission: Admission, log) -> bool:
+    """One trial through study.optimize, then one line on how it ended if it did not complete.
+
+    False when no trial started: another worker took the budget's last place first (BudgetSpent).
+    """
     runner.admit(admission)
     try:
         study.optimize(runner, n_trials=1, catch=(TrialFailed,), gc_after_trial=True)
+    except BudgetSpent:
+        return False
     except (optuna.exceptions.UpdateFinishedTrialError, ValueError, AssertionError) as exc:
         ended = _ended_elsewhere(study, admission.trial, exc)
         if ended is None:
             raise
         log(f"trial {admission.trial} was marked {ended} while running here (its heartbeat lapsed, so "
             "another worker failed it and re-queued a retry); going on")
-        return  # said all there is to say about it
-    finally:
-        admission.release()  # a trial that never started leaves the lock held
+        return True  # said all there is to say about it
     last = next((t for t in study.get_trials(deepcopy=False) if t.number == admission.trial), None)
     if last is not None and last.state == TrialState.FAIL:
         log(f"trial {last.number}: failed: {TrialRecord.read(last).fail_reason}")
     elif last is not None and last.state == TrialState.PRUNED:
         log(f"trial {last.number}: pruned after epoch {TrialRecord.read(last).epochs_run}")
+    return True
 
 
 def _pause(seconds: float, stop: StopFlag) -> None:

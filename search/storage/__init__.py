@@ -5,7 +5,9 @@ In the manner of optuna.storages: the public names live here, the machinery in p
 * `open_storage(url)` is the one factory. It returns a `ReconnectingRDBStorage` (an RDBStorage whose
   calls wait out a lost database connection), or with `cache=True` that storage behind a
   `FleetCachedStorage` (reads that do not grow with the number of running trials).
-* `creation_lock(url, name)` is the study lock; it works through a transaction-pooling pgbouncer.
+* `creation_lock(url, name)` is the study lock (creating a study, a worker joining); it works through a
+  transaction-pooling pgbouncer. Trials need no lock of ours: `limit_new_trials` makes Optuna's own
+  trial creation refuse (`BudgetSpent`) a trial beyond the study's budget.
 * `storage_errors` turns database errors into our own one-line `StorageError`.
 
 Behind pgbouncer (port 6432, or `?h2s_pooler=pgbouncer` in the URL; `?h2s_pooler=none` says there is
@@ -44,14 +46,15 @@ from ._url import (
 
 __all__ = [
     "CACHE_SECONDS", "DEFAULT_URL", "ENV", "GRACE_PERIOD", "HEARTBEAT_INTERVAL", "MAX_RETRY", "POOLER_OPTION",
-    "POOLER_PORT", "RECONNECT_SECONDS", "SQLITE_BUSY_TIMEOUT", "FleetCachedStorage", "ReconnectingRDBStorage",
+    "POOLER_PORT", "RECONNECT_SECONDS", "SQLITE_BUSY_TIMEOUT", "BudgetSpent", "FleetCachedStorage",
+    "ReconnectingRDBStorage",
     "StorageError", "StorageURL", "cache_seconds", "creation_lock", "engine_kwargs", "heartbeat_settings",
     "is_disconnect", "mask_password", "open_storage", "parse_url", "reconnect_seconds", "resolve_url",
     "set_user_attrs", "storage_errors",
 ]
 # Importing optuna takes a second: the classes (and the private names benchmarks/storage.py times) load
 # on first use, so that `h2s-search --help` and URL parsing stay quick.
-_LAZY = {"ReconnectingRDBStorage": "_rdb", "FleetCachedStorage": "_cache", "_RECONNECTING": "_rdb",
+_LAZY = {"ReconnectingRDBStorage": "_rdb", "BudgetSpent": "_rdb", "FleetCachedStorage": "_cache", "_RECONNECTING": "_rdb",
          "_reconnecting_class": "_rdb", "_serialise_sqlite": "_rdb"}
 
 

@@ -22,9 +22,11 @@ from typing import Any
 
 from optuna.storages import RDBStorage
 from optuna.storages._cached_storage import _CachedStorage, _StudyInfo
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from ._url import CACHE_SECONDS
+
+LOOKUP_SECONDS = 30.0  # a study's id and user attributes (its budget, its definition) are re-read this often
 
 
 class FleetCachedStorage(_CachedStorage):
@@ -41,6 +43,7 @@ class FleetCachedStorage(_CachedStorage):
         self._names: dict[str, tuple[float, int]] = {}
         self._user_attrs: dict[int, tuple[float, dict[str, Any]]] = {}
         self._readers: dict[int, _Reader] = {}    # study id -> where its next narrow read starts
+        self._own: set[int] = set()               # running trials this process created or popped
 
     def __setstate__(self, state: dict[Any, Any]) -> None:
         super().__setstate__(state)
@@ -64,7 +67,8 @@ class FleetCachedStorage(_CachedStorage):
 
     # ------------------------------------------------------------------ study look-ups
     def _fresh(self, stamp: float) -> bool:
-        return self.ttl > 0 and time.monotonic() - stamp < self.ttl
+        """Study look-ups (id, user attributes such as the budget) are kept at most LOOKUP_SECONDS."""
+        return self.ttl > 0 and time.monotonic() - stamp < min(self.ttl, LOOKUP_SECONDS)
 
     def get_study_id_from_name(self, study_name: str) -> int:
         with self._lock:
@@ -100,6 +104,73 @@ class FleetCachedStorage(_CachedStorage):
         super().delete_study(study_id)
 
     # ------------------------------------------------------------------ trial writes
+    # The trials this process runs ("own": created or popped here) change only through this process: no
+    # other worker writes their parameters, reports or attributes (another may only fail one whose
+    # heartbeat stopped, which the next read of the study shows, and which any write then refuses). So
+    # each write to an own trial is also applied to its cached copy, and reading it (get_trial, the
+    # pruner's look at its system attributes every epoch) costs no statement at all.
+    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        trial_id = super().create_new_trial(study_id, template_trial)
+        with self._lock:
+            trial = self._cached(self._studies[study_id], trial_id)
+            if trial is not None and trial.state == TrialState.RUNNING and study_id in self._readers:
+                self._own.add(trial_id)
+        return trial_id
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values=None) -> bool:
+        with self._lock:
+            self._own.discard(trial_id)
+        done = super().set_trial_state_values(trial_id, state, values)
+        if done and state == TrialState.RUNNING:  # popped: one read brings its state and start time
+            with self._lock:
+                where = self._trial_id_to_study_id_and_number.get(trial_id)
+                light = where is not None and where[0] in self._readers
+            if light:
+                self._read_trials_from_remote_storage(where[0])
+                with self._lock:
+                    trial = self._cached(self._studies[where[0]], trial_id)
+                    if trial is not None and trial.state == TrialState.RUNNING:
+                        self._own.add(trial_id)
+        return done
+
+    def _write_through(self, trial_id: int, change) -> None:
+        with self._lock:
+            if trial_id not in self._own:
+                return
+            study_id, number = self._trial_id_to_study_id_and_number[trial_id]
+            trial = self._studies[study_id].trials[number]
+            if trial.state.is_finished():
+                self._own.discard(trial_id)
+                return
+            trial = _copy(trial)  # copies: a caller may hold the old object
+            change(trial)
+            self._studies[study_id].trials[number] = trial
+
+    def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float, distribution) -> None:
+        super().set_trial_param(trial_id, param_name, param_value_internal, distribution)
+
+        def change(t: FrozenTrial) -> None:
+            t.params[param_name] = distribution.to_external_repr(param_value_internal)
+            t.distributions[param_name] = distribution
+
+        self._write_through(trial_id, change)
+
+    def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
+        super().set_trial_intermediate_value(trial_id, step, intermediate_value)
+        self._write_through(trial_id, lambda t: t.intermediate_values.__setitem__(step, intermediate_value))
+
+    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        super().set_trial_user_attr(trial_id, key, value)
+        self._write_through(trial_id, lambda t: t.user_attrs.__setitem__(key, copy.deepcopy(value)))
+
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        super().set_trial_system_attr(trial_id, key, value)
+        self._write_through(trial_id, lambda t: t.system_attrs.__setitem__(key, copy.deepcopy(value)))
+
+    def limit_new_trials(self, budget_attr: str | None) -> None:
+        """See ReconnectingRDBStorage.limit_new_trials."""
+        self._backend.limit_new_trials(budget_attr)
+
     def set_trial_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
         """Several user attributes in one transaction, where the backend offers it."""
         if hasattr(self._backend, "set_trial_user_attrs"):
@@ -107,6 +178,7 @@ class FleetCachedStorage(_CachedStorage):
         else:
             for key, value in attrs.items():
                 self._backend.set_trial_user_attr(trial_id, key, value)
+        self._write_through(trial_id, lambda t: t.user_attrs.update(copy.deepcopy(attrs)))
 
     # ------------------------------------------------------------------ reads
     def get_all_trials(self, study_id: int, deepcopy: bool = True, states=None) -> list[FrozenTrial]:
@@ -127,6 +199,8 @@ class FleetCachedStorage(_CachedStorage):
             where = self._trial_id_to_study_id_and_number.get(trial_id)
             light = where is not None and where[0] in self._readers and where[0] in self._studies
             trial = self._get_cached_trial(trial_id)
+            if trial is None and trial_id in self._own:
+                return _copy(self._studies[where[0]].trials[where[1]])
         if trial is not None or not light or self.ttl <= 0:
             return trial if trial is not None else self._backend.get_trial(trial_id)
         self._read_trials_from_remote_storage(where[0])
@@ -136,11 +210,15 @@ class FleetCachedStorage(_CachedStorage):
         return self._backend.get_trial(trial_id) if trial is None else _copy(trial)
 
     def get_trial_system_attrs(self, trial_id: int) -> dict[str, Any]:
-        """What a pruner reads of its own trial at every epoch: one query, not a whole trial's six."""
+        """What a pruner reads of its trial at every epoch: nothing for an own trial (see above), else one
+        query, not a whole trial's six."""
         with self._lock:
             trial = self._get_cached_trial(trial_id)
+            if trial is None and trial_id in self._own:
+                study_id, number = self._trial_id_to_study_id_and_number[trial_id]
+                trial = self._studies[study_id].trials[number]
         if trial is not None:
-            return trial.system_attrs
+            return dict(trial.system_attrs)
         if hasattr(self._backend, "_trial_system_attrs"):
             return self._backend._trial_system_attrs(trial_id)
         return super().get_trial_system_attrs(trial_id)

@@ -74,6 +74,13 @@ def _already_set(storage, args, kwargs, exc) -> bool:
     return storage.get_trial(trial_id).state == state
 
 
+class BudgetSpent(Exception):
+    """No new trial was created: the study's budget of trials is spent (see `limit_new_trials`)."""
+
+
+RETRY_HISTORY = "retry_history"  # Optuna's system attribute: the numbers of the trials a retry stands in for
+
+
 class ReconnectingRDBStorage(RDBStorage):
     """RDBStorage whose calls wait out a lost database connection (see RECONNECT_SECONDS).
 
@@ -93,6 +100,68 @@ class ReconnectingRDBStorage(RDBStorage):
     def __setstate__(self, state: dict[Any, Any]) -> None:
         super().__setstate__(state)
         self._serialise_if_sqlite()
+
+    def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
+        """A report in one statement (a conditional insert), where Optuna sends three: every epoch of every
+        trial pays it. A trial that is not running, or a step already reported, takes Optuna's own path,
+        which updates the value or raises Optuna's error."""
+        import sqlalchemy as sa
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        model, trial = models.TrialIntermediateValueModel, models.TrialModel
+        value, kind = model.intermediate_value_to_stored_repr(intermediate_value)
+        row = sa.select(sa.literal(trial_id, sa.Integer), sa.literal(step, sa.Integer),
+                        sa.literal(value, sa.Float), sa.literal(kind, model.intermediate_value_type.type)).where(
+            trial.trial_id == trial_id, trial.state == TrialState.RUNNING)
+        columns = ["trial_id", "step", "intermediate_value", "intermediate_value_type"]
+        # preserve_rowcount: SQLAlchemy keeps an INSERT's row count only when asked to
+        insert = sa.insert(model.__table__).from_select(columns, row).execution_options(preserve_rowcount=True)
+        try:
+            with _create_scoped_session(self.scoped_session) as session:
+                done = session.execute(insert).rowcount == 1
+        except sa.exc.IntegrityError:
+            done = False  # the step was reported before: Optuna's path updates it
+        if not done:
+            super().set_trial_intermediate_value(trial_id, step, intermediate_value)
+
+    budget_attr: str | None = None
+
+    def limit_new_trials(self, budget_attr: str | None) -> None:
+        """From now on, create a new trial only while the study has room in its budget: the integer in its
+        user attribute `budget_attr`, counted against every trial except those a retry stands in for.
+
+        The check runs inside Optuna's trial creation, in the transaction that holds the study row's lock
+        (FOR UPDATE; on SQLite, BEGIN IMMEDIATE), so the budget is exact across any number of workers
+        without a lock of our own around each trial. Retries and enqueued trials (created from a template)
+        are never refused: a retry takes its dead trial's place, and an enqueued trial was asked for.
+        """
+        self.budget_attr = budget_attr
+
+    def _get_prepared_new_trial(self, study_id: int, template_trial, session):
+        if template_trial is None and self.budget_attr is not None:
+            self._check_budget(study_id, session)
+        return super()._get_prepared_new_trial(study_id, template_trial, session)
+
+    def _check_budget(self, study_id: int, session) -> None:
+        import json
+
+        from optuna.storages._rdb import models
+        from sqlalchemy import func
+
+        user, trial, system = models.StudyUserAttributeModel, models.TrialModel, models.TrialSystemAttributeModel
+        stored = session.query(user.value_json).filter(user.study_id == study_id,
+                                                       user.key == self.budget_attr).scalar()
+        if stored is None:
+            return
+        budget = int(json.loads(stored))
+        total = session.query(func.count(trial.trial_id)).filter(trial.study_id == study_id).scalar()
+        retried: set[int] = set()
+        for (value,) in (session.query(system.value_json).join(trial, system.trial_id == trial.trial_id)
+                         .filter(trial.study_id == study_id, system.key == RETRY_HISTORY)):
+            retried.update(json.loads(value))
+        if total - len(retried) >= budget:
+            raise BudgetSpent(f"the study's budget of {budget} trials is spent")
 
     def _serialise_if_sqlite(self) -> None:
         if _shared_sqlite(self.url):

@@ -256,6 +256,45 @@ def test_a_read_lists_the_unfinished_and_new_trials_only_in_one_statement(tmp_pa
     s._backend.engine.dispose()
 
 
+def test_a_trial_this_process_runs_is_read_from_the_cache_and_exact(tmp_path):
+    """Its own trial changes only through the process running it: reading it costs no statement."""
+    import sqlalchemy
+
+    s = open_storage(f"sqlite:///{tmp_path / 'm.db'}", heartbeat=False, cache=True, ttl=3600)
+    study = optuna.create_study(study_name="m", storage=s)
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+    trial = study.ask()
+    x = trial.suggest_float("x", 0, 1)
+    selects: list[str] = []
+    sqlalchemy.event.listen(s._backend.engine, "after_cursor_execute",
+                            lambda *a: selects.append(a[2]) if a[2].startswith("SELECT") else None)
+    for step in range(1, 4):
+        trial.report(1.0 / step, step)
+        assert s.get_trial_system_attrs(trial._trial_id) == ({"rung": 1} if step > 1 else {})
+        s.set_trial_system_attr(trial._trial_id, "rung", 1)
+    trial.set_user_attr("host", "a")
+    got = s.get_trial(trial._trial_id)
+    reads = [q for q in selects if "anon_1" in q or "trial_system_attributes.key" in q]
+    assert reads == []  # no study read, no system-attribute query: a pruner's look at it is free
+    assert got.params == {"x": x} and got.intermediate_values == {1: 1.0, 2: 0.5, 3: 1.0 / 3}
+    assert got.system_attrs == {"rung": 1} and got.user_attrs == {"host": "a"}
+    fresh = open_storage(f"sqlite:///{tmp_path / 'm.db'}", heartbeat=False).get_trial(trial._trial_id)
+    assert (fresh.params, fresh.intermediate_values, fresh.system_attrs, fresh.user_attrs) == (
+        got.params, got.intermediate_values, got.system_attrs, got.user_attrs)
+    sent: list[str] = []
+    sqlalchemy.event.listen(s._backend.engine, "after_cursor_execute",
+                            lambda *a: sent.append(a[2]) if not a[2].startswith("BEGIN") else None)
+    trial.report(0.25, 4)
+    assert len(sent) == 1 and sent[0].startswith("INSERT")  # a report is one statement
+    s.set_trial_intermediate_value(trial._trial_id, 1, 5.0)  # a step again: Optuna's path overwrites it
+    assert s.get_trial(trial._trial_id).intermediate_values[1] == 5.0
+    study.tell(trial, 0.1)
+    assert s.get_trial(trial._trial_id).state == TrialState.COMPLETE and study.trials[-1].value == 0.1
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        s.set_trial_intermediate_value(trial._trial_id, 4, 1.0)
+    s._backend.engine.dispose()
+
+
 def test_rows_and_trials_committed_out_of_id_order_are_still_read(pg_db):
     """A slower transaction commits a row with a lower id after a reader has seen a higher one: the reader
     asks for the skipped ids again, so it still gets the row (and the trial)."""

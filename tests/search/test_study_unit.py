@@ -9,6 +9,7 @@ import pytest
 
 from search.records import StudyRecord, TrialRecord
 from search.spec import parse
+from search.storage import BudgetSpent
 from search.study import Admission, BudgetGate, anchor_trials, create_or_load
 
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
@@ -52,7 +53,7 @@ def test_the_gate_admits_exactly_the_budget(opened):
         admission = gate.enter()
         if admission is None:
             break
-        trial = opened.study.ask()  # what optimize does under the lock: create (or pop) the trial
+        trial = opened.study.ask()  # what optimize does: create (or pop) the trial
         admission.release(trial.number)
         opened.study.tell(trial, 1.0)
         admitted.append(admission.trial)
@@ -69,16 +70,27 @@ def test_the_stored_budget_wins_over_the_study_file(opened):
     assert gate.enter() is None
 
 
-def test_an_admission_holds_the_lock_until_released_once(opened):
-    gate = BudgetGate(opened)
-    admission = gate.enter()
-    assert isinstance(admission, Admission) and admission.held and admission.trial is None
+def test_an_admission_notes_its_trial_once(opened):
+    admission = BudgetGate(opened).enter()
+    assert isinstance(admission, Admission) and admission.trial is None
     admission.release(3)
     admission.release(4)  # a second release changes nothing
-    assert not admission.held and admission.trial == 3
-    second = gate.enter()  # the lock was given back: the next admission does not wait
-    assert second is not None
-    second.release()
+    assert admission.trial == 3
+
+
+def test_the_storage_refuses_a_new_trial_beyond_the_budget_but_not_a_queued_one(opened):
+    """The exact check: inside Optuna's trial creation, whatever the gate's cached view said."""
+    BudgetGate(opened)  # limits new trials to the stored budget (2: the queued anchor and one more)
+    study = opened.study
+    study.tell(study.ask(), 1.0)  # pops the anchor
+    study.tell(study.ask(), 2.0)  # creates trial 1
+    with pytest.raises(BudgetSpent):
+        study.ask()
+    assert len(study.get_trials()) == 2
+    study.enqueue_trial({"dropout": 0.2})  # asked for explicitly: never refused
+    assert study.ask().number == 2
+    StudyRecord(budget=5).write(study)  # a raised budget is seen at once
+    assert study.ask().number == 3
 
 
 def test_the_anchor_is_recognised_from_its_record():

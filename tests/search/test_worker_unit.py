@@ -5,7 +5,6 @@ Each test runs trials on an in-memory or SQLite study in-process: no training, n
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 import tomllib
@@ -207,18 +206,13 @@ def test_a_config_the_space_cannot_build_fails_with_a_reason(tmp_path):
     assert ok.state == TrialState.COMPLETE
 
 
-def test_the_runner_releases_the_admission_when_the_trial_exists(tmp_path):
+def test_the_runner_notes_which_trial_its_admission_became(tmp_path):
     spec = spec_for(tmp_path)
-    released = []
     study, runner = make_runner(tmp_path, spec, FakeTraining())
-    stack = contextlib.ExitStack()
-    stack.callback(lambda: released.append(len(study.trials)))
-    admission = Admission(stack)
+    admission = Admission()
     runner.admit(admission)
     study.optimize(runner, n_trials=1)
-    assert released == [1] and admission.trial == 0 and not admission.held
-    admission.release()  # the loop's own release afterwards is harmless
-    assert released == [1]
+    assert admission.trial == 0
 
 
 def test_run_worker_returns_a_result_and_leaves_the_settings_alone(tmp_path, corpus):
