@@ -28,7 +28,6 @@ rung), <= 40 server connections, 0 trials popped twice.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import heapq
 import json
 import multiprocessing as mp
@@ -163,182 +162,290 @@ def prefill(url: str, n: int, running: int, epochs: int) -> tuple[int, list[int]
 
 
 # --------------------------------------------------------------------------- load generators
-class VirtualWorker:
-    def __init__(self, trial_id: int | None, started: float):
-        self.trial_id, self.started, self.last_full, self.last_finished = trial_id, started, -1e9, -1
-        self.marks = {"trial_params": 0, "trial_intermediate_values": 0, "trial_user_attributes": 0,
-                      "trial_system_attributes": 0}
-
-
+# What V workers' storage sends PostgreSQL, statement for statement: the SQL below is what Optuna's
+# RDBStorage and search.storage send for each call of the real worker path (the probe's own statement count
+# per trial is printed beside the virtual workers' for comparison). Each virtual worker's calls run in
+# order: one trial's admission, sampling, epochs and end, then the next trial.
 _CHILD_PK = {"trial_params": "param_id", "trial_intermediate_values": "trial_intermediate_value_id",
-             "trial_user_attributes": "trial_user_attribute_id", "trial_system_attributes": "trial_system_attribute_id"}
+             "trial_user_attributes": "trial_user_attribute_id", "trial_system_attributes": "trial_system_attribute_id",
+             "trial_values": "trial_value_id"}
+_TRIAL_TABLES = ("trial_params", "trial_values", "trial_user_attributes", "trial_system_attributes",
+                 "trial_intermediate_values")
+_FINISHED = ("COMPLETE", "PRUNED", "FAIL")
+_NEWS_TABLES = ("trial_params", "trial_intermediate_values", "trial_user_attributes", "trial_system_attributes",
+                "trial_values")
+_NEWS_SQL = (
+    "SELECT * FROM (SELECT 0 AS kind, trial_id AS pk, trial_id, state::text AS k, number::float AS num, NULL::text "
+    "AS txt, datetime_start AS ts1, datetime_complete AS ts2 FROM trials WHERE study_id = %s AND (trial_id > %s OR "
+    "trial_id = ANY(%s))"
+    + "".join(f" UNION ALL SELECT {i}, c.{pk}, c.trial_id, {k}, {num}, {txt}, NULL, NULL FROM {table} c JOIN trials t "
+              f"ON c.trial_id = t.trial_id WHERE t.study_id = %s AND c.{pk} > %s"
+              for i, (table, pk, k, num, txt) in enumerate((
+                  ("trial_params", "param_id", "c.param_name", "c.param_value", "c.distribution_json"),
+                  ("trial_intermediate_values", "trial_intermediate_value_id", "c.step::text",
+                   "c.intermediate_value", "c.intermediate_value_type::text"),
+                  ("trial_user_attributes", "trial_user_attribute_id", "c.key", "NULL", "c.value_json"),
+                  ("trial_system_attributes", "trial_system_attribute_id", "c.key", "NULL", "c.value_json"),
+                  ("trial_values", "trial_value_id", "c.objective::text", "c.value", "c.value_type::text")), start=1))
+    + ") u ORDER BY kind, pk")
 
 
-def _read(cur, study_id: int, w: VirtualWorker, cached: bool, full_every: float) -> None:
-    """What one worker's storage reads for one get_all_trials."""
-    now = time.monotonic()
-    if cached and now - w.last_full < full_every:
-        cur.execute("SELECT trial_id, state FROM trials WHERE study_id = %s", (study_id,)).fetchall()
-        for table, pk in _CHILD_PK.items():
-            rows = cur.execute(f"SELECT c.* FROM {table} c JOIN trials t ON c.trial_id = t.trial_id "
-                               f"WHERE t.study_id = %s AND c.{pk} > %s ORDER BY c.{pk}",
-                               (study_id, w.marks[table])).fetchall()
-            if rows:
-                w.marks[table] = rows[-1][0]
-        return
-    # Optuna's _CachedStorage: every unfinished trial (and every newer one) in full.
-    ids = [r[0] for r in cur.execute("SELECT trial_id FROM trials WHERE study_id = %s AND (state IN "
-                                     "('RUNNING', 'WAITING') OR trial_id > %s)", (study_id, w.last_finished))]
-    for table in ("trial_params", "trial_values", "trial_user_attributes", "trial_system_attributes",
-                  "trial_intermediate_values"):
+class VirtualWorker:
+    def __init__(self, trial_id: int | None, started: float, view: dict, floor: int, marks: dict, rng):
+        self.trial_id, self.started, self.rng = trial_id, started, rng
+        self.known = dict(view)  # trial id -> state, as this worker's cache holds them
+        self.open = {t for t, st in view.items() if st not in _FINISHED}
+        self.floor = floor  # Optuna's last finished trial id
+        self.since = max(view, default=floor)  # our listing's start
+        self.marks = dict(marks)
+        self.rungs: tuple[int, ...] = ()
+
+
+def _fetch(cur, ids: list[int]) -> None:
+    """Trials read in full (RDBStorage._get_trials / get_trial): the rows, then each per-trial table."""
+    cur.execute("SELECT * FROM trials WHERE trial_id = ANY(%s)", (ids,)).fetchall()
+    for table in _TRIAL_TABLES:
         cur.execute(f"SELECT * FROM {table} WHERE trial_id = ANY(%s)", (ids,)).fetchall()
-    w.last_finished = cur.execute("SELECT coalesce(max(trial_id), -1) FROM trials WHERE study_id = %s AND "
-                                  "state IN ('COMPLETE', 'PRUNED', 'FAIL')", (study_id,)).fetchone()[0]
-    if cached:
-        w.last_full = now
-        for table, pk in _CHILD_PK.items():
-            w.marks[table] = cur.execute(f"SELECT coalesce(max({pk}), 0) FROM {table}").fetchone()[0]
 
 
-def _start_trial(conn, study_id: int, w: VirtualWorker, cached: bool, full_every: float, key: int, popped, rng,
-                 pooled: bool):
-    cur = conn.cursor()
-    # The study lock, as BudgetGate takes it (behind a pooler: try, and hand the server connection back)
-    if not pooled:
-        cur.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
-    while pooled and not cur.execute("SELECT pg_try_advisory_xact_lock(%s)", (key,)).fetchone()[0]:
-        conn.rollback()
-        time.sleep(rng.uniform(0.003, 0.01))
-    for _ in range(3):
-        _read(cur, study_id, w, cached, full_every)
-    waiting = cur.execute("SELECT trial_id FROM trials WHERE study_id = %s AND state = 'WAITING' ORDER BY trial_id "
-                          "LIMIT 1", (study_id,)).fetchone()
+def _read(cur, study_id: int, w: VirtualWorker, cached: bool) -> None:
+    """One get_all_trials: Optuna's _CachedStorage (every unfinished and newer trial in full) or ours."""
+    if cached:  # FleetCachedStorage._light_refresh: one statement (ReconnectingRDBStorage._study_news)
+        rows = []
+        for kind, pk, tid, key, *_ in cur.execute(_NEWS_SQL, (study_id, w.since, sorted(w.open), *[
+                v for t in _NEWS_TABLES for v in (study_id, w.marks[t])])):
+            if kind == 0:
+                rows.append((tid, key))
+            else:
+                table = _NEWS_TABLES[kind - 1]
+                w.marks[table] = max(w.marks[table], pk)
+        w.since = max([w.since] + [tid for tid, _ in rows])
+    else:  # _CachedStorage._read_trials_from_remote_storage
+        rows = cur.execute("SELECT trial_id, state FROM trials WHERE study_id = %s AND (trial_id > %s OR "
+                           "trial_id = ANY(%s))", (study_id, w.floor, sorted(w.open))).fetchall()
+        if rows:
+            _fetch(cur, [r[0] for r in rows])
+        w.floor = max([w.floor] + [tid for tid, st in rows if st in _FINISHED])
+    for tid, st in rows:
+        w.known[tid] = st
+        (w.open.discard if st in _FINISHED else w.open.add)(tid)
+    cur.connection.commit()
+
+
+def _attrs(cur, tid: int, table: str, items: dict) -> None:
+    """ReconnectingRDBStorage._replace_attrs: the trial, old rows out, new rows in, one transaction."""
+    cur.execute("SELECT * FROM trials WHERE trial_id = %s", (tid,)).fetchall()
+    cur.execute(f"DELETE FROM {table} WHERE trial_id = %s AND key = ANY(%s)", (tid, list(items)))
+    cur.executemany(f"INSERT INTO {table} (trial_id, key, value_json) VALUES (%s, %s, %s)",
+                    [(tid, k, json.dumps(v)) for k, v in items.items()])
+    cur.connection.commit()
+
+
+def _start_trial(conn, study_id: int, w: VirtualWorker, cached: bool, popped) -> None:
+    """BudgetGate's look and Optuna's ask (pop an enqueued trial, or create one: the budget is checked in
+    that transaction, under the study row's lock), then the runner's first writes and TPE's sampling
+    (one read) with its three parameters."""
+    cur, rng = conn.cursor(), w.rng
+    _read(cur, study_id, w, cached)  # budget_used
+    cur.execute("SELECT CURRENT_TIMESTAMP").fetchall()  # fail_stale_trials
+    cur.execute("SELECT t.trial_id FROM trials t JOIN trial_heartbeats h ON h.trial_id = t.trial_id WHERE "
+                "t.study_id = %s AND t.state = 'RUNNING' AND h.heartbeat < now() - interval '40 seconds'",
+                (study_id,)).fetchall()
+    conn.commit()
+    _read(cur, study_id, w, cached)  # _pop_waiting_trial_id
+    waiting = sorted(t for t, st in w.known.items() if st == "WAITING")
     tid = None
-    if waiting:
+    for cand in waiting[:1]:
+        cur.execute("SELECT * FROM trials WHERE trial_id = %s FOR UPDATE", (cand,)).fetchall()
         got = cur.execute("UPDATE trials SET state = 'RUNNING', datetime_start = now() WHERE trial_id = %s AND "
-                          "state = 'WAITING' RETURNING trial_id", waiting).fetchone()
+                          "state = 'WAITING' RETURNING trial_id", (cand,)).fetchone()
+        conn.commit()
         if got:
             tid = got[0]
             popped.append(tid)
+            if cached:
+                _read(cur, study_id, w, cached)  # FleetCachedStorage: the popped trial's start, once
     if tid is None:
-        number = cur.execute("SELECT count(*) FROM trials WHERE study_id = %s", (study_id,)).fetchone()[0]
-        tid = cur.execute("INSERT INTO trials (number, study_id, state, datetime_start) VALUES (%s, %s, 'RUNNING', "
-                          "now()) RETURNING trial_id", (number, study_id)).fetchone()[0]
-    conn.commit()  # the lock goes with the transaction
+        cur.execute("SELECT * FROM studies WHERE study_id = %s FOR UPDATE", (study_id,)).fetchall()
+        cur.execute("SELECT value_json FROM study_user_attributes WHERE study_id = %s AND key = 'n_trials'",
+                    (study_id,)).fetchall()
+        cur.execute("SELECT count(trial_id) FROM trials WHERE study_id = %s", (study_id,)).fetchall()
+        cur.execute("SELECT a.value_json FROM trial_system_attributes a JOIN trials t ON a.trial_id = t.trial_id "
+                    "WHERE t.study_id = %s AND a.key = 'retry_history'", (study_id,)).fetchall()
+        tid = cur.execute("INSERT INTO trials (number, study_id, state, datetime_start) VALUES (-1, %s, 'RUNNING', "
+                          "now()) RETURNING trial_id", (study_id,)).fetchone()[0]
+        number = cur.execute("SELECT count(*) FROM trials WHERE study_id = %s AND trial_id < %s",
+                             (study_id, tid)).fetchone()[0]
+        cur.execute("UPDATE trials SET number = %s WHERE trial_id = %s", (number, tid))
+        conn.commit()
+    if not cached:  # Trial(): storage.get_trial (FleetCachedStorage: the own trial is in the cache)
+        _fetch(cur, [tid])
+        conn.commit()
+    _heartbeat(conn, tid)  # the heartbeat thread's first beat
+    w.trial_id, w.started = tid, time.monotonic()
+    _attrs(cur, tid, "trial_user_attributes", {k: "x" for k in ("anchor", "checkpoint", "host", "device",
+                                                                 "h2s_version", "torch_version", "optuna_version",
+                                                                 "resumed_from_epoch", "fail_reason")})
+    _read(cur, study_id, w, cached)  # TPE: one get_all_trials per trial (Study._get_trials' cache)
     dists = _distributions()
     for name, value in (("dropout", rng.uniform(0, 0.5)), ("lr", 1e-3), ("batch_size", 0.0)):
+        cur.execute("SELECT * FROM trials WHERE trial_id = %s FOR UPDATE", (tid,)).fetchall()
         cur.execute("INSERT INTO trial_params (trial_id, param_name, param_value, distribution_json) VALUES "
-                    "(%s, %s, %s, %s)", (tid, name, value, dists[name]))
+                    "(%s, %s, %s, %s) ON CONFLICT DO NOTHING", (tid, name, value, dists[name]))  # a retry has them
         conn.commit()
-    cur.executemany("INSERT INTO trial_user_attributes (trial_id, key, value_json) VALUES (%s, %s, %s)",
-                    [(tid, k, '"x"') for k in ("anchor", "checkpoint", "host", "device", "h2s_version",
-                                               "torch_version", "optuna_version", "resumed_from_epoch",
-                                               "fail_reason", "seed")])
-    conn.commit()
-    w.trial_id = tid
+    _attrs(cur, tid, "trial_user_attributes", {"seed": 0})
+    bracket = rng.randrange(3)  # Hyperband's brackets for 10 epochs and reduction factor 3: rungs 1, 3, 9
+    w.rungs = tuple(r for r in (1, 3, 9) if r >= 3 ** bracket)
 
 
-def _epoch(conn, study_id: int, w: VirtualWorker, step: int, cached: bool, full_every: float) -> None:
-    cur = conn.cursor()
-    cur.execute("INSERT INTO trial_intermediate_values (trial_id, step, intermediate_value, intermediate_value_type) "
-                "VALUES (%s, %s, %s, 'FINITE') ON CONFLICT DO NOTHING", (w.trial_id, step, 4.0 + 1 / step))
-    conn.commit()
-    # should_prune: the trial's system attributes (one trial read); at a rung, the study and the rung result
-    cur.execute("SELECT key, value_json FROM trial_system_attributes WHERE trial_id = %s", (w.trial_id,)).fetchall()
-    if step in (1, 3, 9):
-        _read(cur, study_id, w, cached, full_every)
-        cur.execute("INSERT INTO trial_system_attributes (trial_id, key, value_json) VALUES (%s, %s, '4.0') "
-                    "ON CONFLICT DO NOTHING",
-                    (w.trial_id, f"completed_rung_{(1, 3, 9).index(step)}"))
-    conn.commit()
+def _epoch(conn, study_id: int, w: VirtualWorker, step: int, cached: bool) -> None:
+    """trial.report, then should_prune: the trial's system attributes; at a rung, its result and the study."""
+    cur, tid = conn.cursor(), w.trial_id
+    if cached:  # ReconnectingRDBStorage: one conditional insert; the own trial's attributes come from the cache
+        cur.execute("INSERT INTO trial_intermediate_values (trial_id, step, intermediate_value, "
+                    "intermediate_value_type) SELECT %s, %s, %s, 'FINITE' FROM trials WHERE trial_id = %s AND "
+                    "state = 'RUNNING' ON CONFLICT DO NOTHING", (tid, step, 4.0 + 1 / step, tid))
+        conn.commit()
+    else:  # Optuna's RDBStorage
+        cur.execute("SELECT * FROM trials WHERE trial_id = %s", (tid,)).fetchall()
+        cur.execute("SELECT * FROM trial_intermediate_values WHERE trial_id = %s AND step = %s",
+                    (tid, step)).fetchall()
+        cur.execute("INSERT INTO trial_intermediate_values (trial_id, step, intermediate_value, "
+                    "intermediate_value_type) VALUES (%s, %s, %s, 'FINITE') ON CONFLICT DO NOTHING",
+                    (tid, step, 4.0 + 1 / step))
+        conn.commit()
+        cur.execute("SELECT key, value_json FROM trial_system_attributes WHERE trial_id = %s", (tid,)).fetchall()
+        conn.commit()
+    if step in w.rungs:
+        _attrs(cur, tid, "trial_system_attributes", {f"completed_rung_{w.rungs.index(step)}": 4.0})
+        _read(cur, study_id, w, cached)
 
 
 def _end_trial(conn, w: VirtualWorker) -> None:
-    cur = conn.cursor()
-    cur.executemany("INSERT INTO trial_user_attributes (trial_id, key, value_json) VALUES (%s, %s, '1.0')",
-                    [(w.trial_id, k) for k in ("params", "epochs_run", "best_epoch", "train_loss", "val_loss",
-                                               "gap", "seconds", "frames_per_second", "bleu", "chrf")])
+    """The result record, the artifacts' and the time split's attributes, then tell (state and value)."""
+    cur, tid = conn.cursor(), w.trial_id
+    _attrs(cur, tid, "trial_user_attributes", {k: 1.0 for k in (
+        "params", "epochs_run", "best_epoch", "train_loss", "val_loss", "gap", "seconds", "frames_per_second",
+        "bleu", "chrf", "vocab_coverage", "repetition_rate", "verdict", "samples")})
+    _attrs(cur, tid, "trial_user_attributes", {"artifacts": "x"})
+    _attrs(cur, tid, "trial_user_attributes", {k: 1.0 for k in ("seconds_train", "seconds_validate",
+                                                                 "seconds_evaluate", "seconds_other")})
+    cur.execute("SELECT * FROM trials WHERE trial_id = %s FOR UPDATE", (tid,)).fetchall()
+    cur.execute("UPDATE trials SET state = 'COMPLETE', datetime_complete = now() WHERE trial_id = %s", (tid,))
     cur.execute("INSERT INTO trial_values (trial_id, objective, value, value_type) VALUES (%s, 0, 4.0, 'FINITE')",
-                (w.trial_id,))
-    cur.execute("UPDATE trials SET state = 'COMPLETE', datetime_complete = now() WHERE trial_id = %s", (w.trial_id,))
+                (tid,))
+    conn.commit()
+    w.trial_id = None
+
+
+def _heartbeat(conn, tid: int) -> None:
+    conn.execute("SELECT * FROM trial_heartbeats WHERE trial_id = %s", (tid,)).fetchall()
+    conn.execute("INSERT INTO trial_heartbeats (trial_id, heartbeat) VALUES (%s, now()) ON CONFLICT (trial_id) "
+                 "DO UPDATE SET heartbeat = now()", (tid,))
     conn.commit()
 
 
-def generator(url: str, study_id: int, trial_ids: list, trial_s: float, epochs: int, cached: bool,
-              full_every: float, seconds: float, seed: int, out, pooled: bool) -> None:
-    """V/G virtual workers' storage traffic for `seconds`; puts (events done, events late > 1 s, pops)."""
+def _view(url: str, study_id: int) -> tuple[dict, int, dict]:
+    """The study as a warm cache holds it: every trial's state, the last finished id, the row marks."""
     import psycopg
 
+    with psycopg.connect(url, prepare_threshold=None, connect_timeout=30) as conn:
+        view = dict(conn.execute("SELECT trial_id, state::text FROM trials WHERE study_id = %s", (study_id,)))
+        marks = {t: conn.execute(f"SELECT coalesce(max({pk}), 0) FROM {t}").fetchone()[0]
+                 for t, pk in _CHILD_PK.items()}
+    floor = max((t for t, st in view.items() if st in _FINISHED), default=-1)
+    return view, floor, marks
+
+
+def generator(url: str, study_id: int, trial_ids: list, trial_s: float, epochs: int, cached: bool,
+              seconds: float, seed: int, out, nice: int, done) -> None:
+    """V/G virtual workers' storage traffic until `done` is set (at most `seconds`); puts its counts: events
+    done and late (> 1 s), trials started, statements sent, trials popped from the queue, failed events.
+
+    Niced: this process stands in for the Python of V/G workers on other machines, so it must not take the
+    CPU from the probe (one worker on its own machine); the database work it causes runs at full priority.
+    Whether it kept up is in the "late" count and the trials-started rate.
+    """
+    import psycopg
+
+    os.nice(nice)
     rng = random.Random(seed)
-    key = int.from_bytes(hashlib.sha1(b"h2s-search:fleet-bench").digest()[:8], "big", signed=True)
+    view, floor, marks = _view(url, study_id)
     t0 = time.monotonic()
-    heap: list = []
-    warm = {}
-    if cached:  # the virtual workers have been running: their caches are warm, their full reads spread out
-        with psycopg.connect(url, prepare_threshold=None, connect_timeout=30) as conn:
-            warm = {t: conn.execute(f"SELECT coalesce(max({pk}), 0) FROM {t}").fetchone()[0]
-                    for t, pk in _CHILD_PK.items()}
-    for i, tid in enumerate(trial_ids):
-        w = VirtualWorker(tid, t0 - rng.uniform(0, trial_s))
-        if cached:
-            w.marks, w.last_full = dict(warm), t0 - rng.uniform(0, full_every)
-        first = int((t0 - w.started) / (trial_s / epochs)) + 1
-        for step in range(first, epochs + 1):
-            heapq.heappush(heap, (w.started + step * trial_s / epochs, i, "epoch", step, w))
-        heapq.heappush(heap, (w.started + trial_s + 0.01, i, "end", 0, w))
-        heapq.heappush(heap, (t0 + rng.uniform(0, 10), i, "heartbeat", 0, w))
-    lock, stats, popped = threading.Lock(), {"done": 0, "late": 0}, []
-    end = t0 + seconds
+    heap: list = []  # (time, seq, kind, step, worker): one trial event per worker at a time, plus heartbeats
+    seq = iter(range(10 ** 9))
+    for tid in trial_ids:  # the running trials: each virtual worker is part-way through one
+        w = VirtualWorker(tid, t0 - rng.uniform(0, trial_s), view, floor, marks, random.Random(rng.random()))
+        bracket = w.rng.randrange(3)
+        w.rungs = tuple(r for r in (1, 3, 9) if r >= 3 ** bracket)
+        step = min(epochs, int((t0 - w.started) / (trial_s / epochs)) + 1)
+        heapq.heappush(heap, (w.started + step * trial_s / epochs, next(seq), "epoch", step, w))
+        heapq.heappush(heap, (t0 + rng.uniform(0, 10), next(seq), "heartbeat", 0, w))
+    lock, end = threading.Lock(), t0 + seconds
+    stats = {"done": 0, "late": 0, "started": 0, "statements": 0, "errors": 0, "error": ""}
+    popped: list[int] = []
 
     def run():
         with psycopg.connect(url, prepare_threshold=None, connect_timeout=30) as conn:
             while True:
                 with lock:
-                    if not heap or heap[0][0] > end:
+                    if not heap or heap[0][0] > end or done.is_set():
                         return
-                    when, i, kind, step, w = heapq.heappop(heap)
+                    when, _, kind, step, w = heapq.heappop(heap)
                 delay = when - time.monotonic()
                 if delay > 0:
-                    time.sleep(delay)
-                elif delay < -1:
-                    stats["late"] += 1
+                    done.wait(delay)
                 try:
-                    later = event(conn, kind, step, w, when)
-                except Exception as exc:  # counted and printed; the virtual worker goes on
+                    nxt = event(conn, kind, step, w, when)
+                except Exception as exc:  # counted and printed; the virtual worker starts a new trial
                     conn.rollback()
-                    stats["errors"] = stats.get("errors", 0) + 1
+                    stats["errors"] += 1
                     stats["error"] = repr(exc)[:200]
-                    later = []
+                    w.trial_id, nxt = None, (time.monotonic() + 1.0, "epoch", epochs + 1, w)
                 with lock:
-                    for item in later:
-                        heapq.heappush(heap, (item[0], i, *item[1:]))
-                stats["done"] += 1
+                    stats["done"] += 1
+                    stats["late"] += time.monotonic() - when > 1.0
+                    if nxt is not None:
+                        heapq.heappush(heap, (nxt[0], next(seq), *nxt[1:]))
 
-    def event(conn, kind, step, w, when) -> list:
-        """Do one event; returns the events it schedules, as (time, kind, step, worker)."""
-        if kind == "epoch" and w.trial_id is not None:
-            _epoch(conn, study_id, w, step, cached, full_every)
-        elif kind == "heartbeat":
-            conn.execute("INSERT INTO trial_heartbeats (trial_id, heartbeat) VALUES (%s, now()) ON CONFLICT "
-                         "(trial_id) DO UPDATE SET heartbeat = now()", (w.trial_id,))
-            conn.commit()
-            return [(when + 10, "heartbeat", 0, w)]
-        elif kind == "end":
+    def event(conn, kind, step, w, when):
+        """Do one event; returns the worker's next event (time, kind, step, worker)."""
+        if kind == "heartbeat":
+            if w.trial_id is not None:
+                _heartbeat(conn, w.trial_id)
+            return (when + 10, "heartbeat", 0, w)
+        if step <= epochs and w.trial_id is not None:
+            _epoch(conn, study_id, w, step, cached)
+            nxt = time.monotonic() if step == epochs else w.started + (step + 1) * trial_s / epochs
+            return (nxt, "epoch", step + 1, w)
+        if w.trial_id is not None:
             _end_trial(conn, w)
-            _start_trial(conn, study_id, w, cached, full_every, key, popped, rng, pooled)
-            w.started = time.monotonic()
-            return [(w.started + s * trial_s / epochs, "epoch", s, w) for s in range(1, epochs + 1)] + [
-                (w.started + trial_s + 0.01, "end", 0, w)]
-        return []
+        _start_trial(conn, study_id, w, cached, popped)
+        stats["started"] += 1
+        return (w.started + trial_s / epochs, "epoch", 1, w)
 
+    _count_statements(stats)
     threads = [threading.Thread(target=run) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    if stats.get("errors"):
-        print(f"load generator {seed}: {stats['errors']} failed event(s), e.g. {stats['error']}", flush=True)
-    out.put((stats["done"], stats["late"], popped))
+    out.put({**stats, "popped": popped, "elapsed": time.monotonic() - t0})
+
+
+def _count_statements(stats: dict) -> None:
+    """Count every statement this process's psycopg cursors execute (the process ends after the cell)."""
+    import psycopg
+
+    execute, executemany = psycopg.Cursor.execute, psycopg.Cursor.executemany
+
+    def counted(real):
+        def call(self, *args, **kwargs):
+            stats["statements"] += 1
+            return real(self, *args, **kwargs)
+        return call
+
+    psycopg.Cursor.execute, psycopg.Cursor.executemany = counted(execute), counted(executemany)
 
 
 # --------------------------------------------------------------------------- the probe worker
@@ -354,6 +461,10 @@ class Probe:
         self.by_method: dict[str, float] = {}
         self.prunes: list[tuple[float, bool]] = []
         self.rung = False
+        self.statements = 0  # every SQL statement this process sends (the heartbeat thread's included)
+        self.trial_statements: list[int] = []
+        self.sql: dict[str, int] = {}
+        self.calls: dict[str, int] = {}
 
     def timed(self, fn, name: str = "lock"):
         probe = self
@@ -370,12 +481,14 @@ class Probe:
                 dt = time.perf_counter() - t0
                 probe.turn += dt
                 probe.by_method[name] = probe.by_method.get(name, 0.0) + dt
+                probe.calls[name] = probe.calls.get(name, 0) + 1
 
         return call
 
 
 def instrument(probe: Probe) -> None:
     import optuna
+    import sqlalchemy
 
     import search.study as study_mod
     from search.storage import FleetCachedStorage
@@ -387,6 +500,14 @@ def instrument(probe: Probe) -> None:
                                            "check_trial_is_updatable", "is_heartbeat_enabled")]
     for n in names:
         setattr(FleetCachedStorage, n, probe.timed(getattr(FleetCachedStorage, n), n))
+
+    @sqlalchemy.event.listens_for(sqlalchemy.engine.Engine, "after_cursor_execute")
+    def _count(conn, cursor, statement, *_a):
+        probe.statements += 1
+        if os.environ.get("FLEET_SQL_DEBUG"):
+            k = " ".join(statement.split())[:70]
+            probe.sql[k] = probe.sql.get(k, 0) + 1
+
     real_lock = study_mod.creation_lock
 
     @contextlib.contextmanager
@@ -408,11 +529,13 @@ def instrument(probe: Probe) -> None:
     real_sys = FleetCachedStorage.set_trial_system_attr
 
     def optimize(self, *a, **k):
+        before = probe.statements
         try:
             return real_optimize(self, *a, **k)
         finally:
             probe.turns.append(probe.turn)
             probe.turn = 0.0
+            probe.trial_statements.append(probe.statements - before)
 
     def ask(self, *a, **k):
         t0 = time.perf_counter()
@@ -441,10 +564,11 @@ def run_probe(url: str, data: Path, ckpt: Path, n: int, epoch_seconds: float, pr
 
     import search.worker as worker_mod
 
-    worker_mod.train, worker_mod.evaluate_checkpoint = _gpu_like(epoch_seconds, 0)
+    train, evaluate = _gpu_like(epoch_seconds, 0)  # sleeps instead of training: the storage calls are real
     worker_mod.run_worker(worker_mod.WorkerSettings(study="fleet-bench", storage=url, data_root=data, device="cpu",
                                                     n_trials=n, checkpoint_dir=ckpt, artifact_dir=ckpt / "art",
-                                                    worker_index=0), log=lambda _m: None)
+                                                    worker_index=0), log=lambda _m: None, train=train,
+                          evaluate=evaluate)
 
 
 # --------------------------------------------------------------------------- one cell
@@ -465,18 +589,21 @@ def cell(args, tmp: Path, data: Path, fingerprint: str, v: int, n: int, variant:
     db = f"h2s_fleet_{uuid.uuid4().hex[:10]}"
     _pg(ADMIN, f'CREATE DATABASE "{db}"')
     url = _url(db, route, args.pgbouncer_port) + ("?h2s_pooler=none" if route == "direct" else "")
-    os.environ["H2S_CACHE_SECONDS"] = str(ttl if ttl is not None else 30.0)
+    if ttl is None:
+        os.environ.pop("H2S_CACHE_SECONDS", None)  # the shipped default
+    else:
+        os.environ["H2S_CACHE_SECONDS"] = str(ttl)
     try:
         spec = parse(tomllib.loads(STUDY.format(epochs=args.epochs)), "benchmarks/fleet.py")
         opened = create_or_load(_url(db, "direct", 0), spec, fingerprint, str(data), None)
         opened.study._storage._backend.engine.dispose()
         study_id, running = prefill(_url(db, "direct", 0), n, v, args.epochs)
         ctx = mp.get_context("spawn")
-        out = ctx.Queue()
+        out, done = ctx.Queue(), ctx.Event()
         g = args.generators
         gen_url = _url(db, route, args.pgbouncer_port)
         procs = [ctx.Process(target=generator, args=(gen_url, study_id, running[i::g], args.trial_seconds, args.epochs,
-                                                      ttl is None, 30.0, args.seconds, i, out, route != "direct"))
+                                                      ttl is None, args.seconds, i, out, args.nice, done))
                  for i in range(g)]
         for pr in procs:
             pr.start()
@@ -493,12 +620,12 @@ def cell(args, tmp: Path, data: Path, fingerprint: str, v: int, n: int, variant:
 
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
-        time.sleep(min(5.0, args.seconds / 4))  # the load reaches its steady state first
-        before = len(probe.turns)
-        t0 = time.perf_counter()
+        time.sleep(args.warmup)  # the load reaches its steady state first
+        before, t0 = len(probe.turns), time.perf_counter()
         # One more trial than measured: the first loads the study cold (once per worker, not per trial).
         run_probe(url, data, tmp / "ck", args.probe_trials + 1, args.epoch_seconds, probe)
         probe_s = time.perf_counter() - t0
+        done.set()  # the generators stop with the probe (or after --seconds, whichever is first)
         results = [out.get(timeout=args.seconds + 300) for _ in procs]
         for pr in procs:
             pr.join()
@@ -506,18 +633,24 @@ def cell(args, tmp: Path, data: Path, fingerprint: str, v: int, n: int, variant:
         watcher.join()
         fixed = {r[0] for r in _pg(ADMIN.rsplit("/", 1)[0] + "/" + db,
                                    "SELECT trial_id FROM trial_system_attributes WHERE key = 'fixed_params'")}
-        pops = [t for r in results for t in r[2]] + [t for t in probe.asked_ids if t in fixed]
-        dup = len(pops) - len(set(pops))
-        turns = probe.turns[before + 1:]
-        asks = probe.asks[1:]
+        pops = [t for r in results for t in r["popped"]] + [t for t in probe.asked_ids if t in fixed]
+        for i, r in enumerate(results):
+            if r["errors"]:
+                say(f"load generator {i}: {r['errors']} failed event(s), e.g. {r['error']}")
+        turns, asks = probe.turns[before + 1:], probe.asks[1:]
         prunes = probe.prunes[args.epochs:]  # roughly: after the cold first trial
-        ordinary = [t for t, rung in prunes if not rung]
-        rungs = [t for t, rung in prunes if rung]
+        elapsed = max(r["elapsed"] for r in results)
+        started = sum(r["started"] for r in results)
         return {"variant": variant, "workers": v, "trials": n, "storage_p50": p(turns, 0.5),
-                "storage_p95": p(turns, 0.95), "ask_p95": p(asks, 0.95), "prune_p95": p(ordinary, 0.95),
-                "rung_p95": p(rungs, 0.95), "server_connections": max(conns, default=0),
-                "maxwait": max(maxwait, default=0.0), "duplicates": dup, "events": sum(r[0] for r in results),
-                "late": sum(r[1] for r in results), "probe_trials": len(turns), "probe_seconds": probe_s,
+                "storage_p95": p(turns, 0.95), "ask_p95": p(asks, 0.95),
+                "prune_p95": p([t for t, rung in prunes if not rung], 0.95),
+                "rung_p95": p([t for t, rung in prunes if rung], 0.95), "server_connections": max(conns, default=0),
+                "maxwait": max(maxwait, default=0.0), "duplicates": len(pops) - len(set(pops)),
+                "events": sum(r["done"] for r in results), "late": sum(r["late"] for r in results),
+                "rate": started / elapsed, "target_rate": v / args.trial_seconds,
+                "statements": sum(r["statements"] for r in results) / max(1, started),
+                "probe_statements": p(probe.trial_statements[before + 1:], 0.5),
+                "probe_trials": len(turns), "probe_seconds": probe_s,
                 "top": sorted(probe.by_method.items(), key=lambda kv: -kv[1])[:6]}
     finally:
         _pg(ADMIN, f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
@@ -550,14 +683,16 @@ def main() -> None:
         ap.add_argument("--trial-seconds", type=float, default=30.0)
         ap.add_argument("--epoch-seconds", type=float, default=0.3, help="the probe's sleep per epoch")
         ap.add_argument("--probe-trials", type=int, default=6)
-        ap.add_argument("--seconds", type=float, default=40.0, help="load-generator run time per cell")
+        ap.add_argument("--seconds", type=float, default=120.0, help="longest load-generator run per cell")
+        ap.add_argument("--warmup", type=float, default=5.0, help="seconds of load before the probe starts")
+        ap.add_argument("--nice", type=int, default=10, help="niceness of the load generators (see generator())")
         ap.add_argument("--generators", type=int, default=3)
         ap.add_argument("--pgbouncer-port", type=int, default=BENCH_PORT)
         ap.add_argument("--pool-size", type=int, default=20)
 
     args = parse_args("Storage of a V-worker fleet on PostgreSQL: direct, pgbouncer, pgbouncer + cache.", extra)
     if args.quick:
-        args.workers, args.trials, args.seconds, args.probe_trials = "32", "500", 15.0, 2
+        args.workers, args.trials, args.probe_trials = "32", "500", 2
     os.environ.setdefault("H2S_HEARTBEAT_INTERVAL", "10")
     os.environ.setdefault("H2S_GRACE_PERIOD", "40")
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -580,7 +715,9 @@ def main() -> None:
                         f"{args.trial_seconds:g} s); ask p95 {r['ask_p95'] * 1000:.0f} ms; should_prune p95 "
                         f"{r['prune_p95'] * 1000:.1f} ms, at rungs {r['rung_p95'] * 1000:.1f} ms; server "
                         f"connections {r['server_connections']}; pgbouncer maxwait {r['maxwait']:.3f} s; popped "
-                        f"twice {r['duplicates']}; load events {r['events']} ({r['late']} late > 1 s); probe "
+                        f"twice {r['duplicates']}; load: {r['rate']:.1f} trials/s started of {r['target_rate']:.1f} "
+                        f"(events {r['events']}, {r['late']} late > 1 s); SQL statements per trial: virtual "
+                        f"worker {r['statements']:.0f}, probe {r['probe_statements']:.0f}; probe "
                         f"{r['probe_trials']} trials; its largest storage calls (all trials, s): "
                         + ", ".join(f"{k} {t:.2f}" for k, t in r["top"]))
     say("\n| variant | V | N | storage/trial p50 | p95 | p95 / 30 s | ask p95 | should_prune p95 | at rung p95 | "
