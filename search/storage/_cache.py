@@ -24,6 +24,7 @@ from optuna.storages import RDBStorage
 from optuna.storages._cached_storage import _CachedStorage, _StudyInfo
 from optuna.trial import FrozenTrial, TrialState
 
+from ._rdb import _local
 from ._url import CACHE_SECONDS
 
 LOOKUP_SECONDS = 30.0  # a study's id and user attributes (its budget, its definition) are re-read this often
@@ -276,12 +277,12 @@ class FleetCachedStorage(_CachedStorage):
         for tid, number, state, start, complete in listing:
             old = self._cached(study, tid)
             if old is None:
-                fresh[tid] = FrozenTrial(number=number, state=state, value=None, datetime_start=start,
-                                         datetime_complete=complete, params={}, distributions={}, user_attrs={},
-                                         system_attrs={}, intermediate_values={}, trial_id=tid)
+                fresh[tid] = FrozenTrial(number=number, state=state, value=None, datetime_start=_local(start),
+                                         datetime_complete=_local(complete), params={}, distributions={},
+                                         user_attrs={}, system_attrs={}, intermediate_values={}, trial_id=tid)
             elif old.state != state:
                 t = fresh[tid] = _copy(old)
-                t.state, t.datetime_start, t.datetime_complete = state, start, complete
+                t.state, t.datetime_start, t.datetime_complete = state, _local(start), _local(complete)
         values: dict[int, dict[int, float]] = {}
         for name, got in rows.items():
             for row in got:

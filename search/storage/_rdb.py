@@ -232,21 +232,32 @@ class ReconnectingRDBStorage(RDBStorage):
         these are all the changes. Every part is an index range scan or lookup whose size grows with what
         happened since the last look and with the running trials, not with the study.
         """
-        from optuna.storages._rdb.storage import _create_scoped_session
-
-        with _create_scoped_session(self.scoped_session) as session:
-            result = session.execute(self._news_statement(study_id, since, marks, pending, open_ids)).all()
+        params = {"study_id": study_id, "since": since, "ids_t": sorted(set(open_ids) | set(pending.get("trials", ())))}
+        for name in _NEWS:
+            params[f"mark_{name}"], params[f"ids_{name}"] = marks.get(name, 0), list(pending.get(name, ()))
+        # One statement needs no transaction of its own: autocommit spares the BEGIN and COMMIT round trips
+        # (and on SQLite the write lock every transaction takes here).
+        with self.engine.connect() as conn:
+            result = conn.execution_options(isolation_level="AUTOCOMMIT").execute(self._news_statement(),
+                                                                                  params).all()
         listing: list[tuple] = []
         rows: dict[str, list[tuple]] = {name: [] for name in _NEWS}
         for kind, pk, trial_id, key, num, text, start, complete in result:
-            if kind == 0:
-                listing.append((trial_id, int(num), TrialState[key], _local(start), _local(complete)))
+            if kind == 0:  # times stay as stored: the reader converts those of the trials that changed
+                listing.append((trial_id, int(num), TrialState[key], start, complete))
             else:
                 name = _NEWS[kind - 1]
                 rows[name].append((pk, *_decode(name, trial_id, key, num, text)))
         return listing, rows
 
-    def _news_statement(self, study_id, since, marks, pending, open_ids):
+    def _news_statement(self):
+        """The statement of `_study_news`, built once per dialect (its values are all bound parameters)."""
+        dialect = self.engine.dialect.name
+        if dialect not in _NEWS_STATEMENTS:
+            _NEWS_STATEMENTS[dialect] = self._build_news_statement()
+        return _NEWS_STATEMENTS[dialect]
+
+    def _build_news_statement(self):
         import sqlalchemy as sa
         from optuna.storages._rdb import models
 
@@ -265,31 +276,28 @@ class ReconnectingRDBStorage(RDBStorage):
                              typed(value, text).label("txt"), moment(start).label("ts1"),
                              moment(complete).label("ts2")).where(where)
 
-        wanted = sorted(set(open_ids) | set(pending.get("trials", ())))
+        study = sa.bindparam("study_id", type_=sa.Integer)
         parts = [branch(0, trial.trial_id, trial.trial_id, trial.state, trial.number, None,
-                        sa.and_(trial.study_id == study_id, sa.or_(trial.trial_id > since,
-                                                                   self._one_of(trial.trial_id, wanted, "t"))),
+                        sa.and_(trial.study_id == study, sa.or_(trial.trial_id > sa.bindparam("since", type_=sa.Integer),
+                                                                self._one_of(trial.trial_id, "ids_t"))),
                         trial._datetime_start_utc, trial._datetime_complete_utc)]
         for kind, name in enumerate(_NEWS, start=1):
             model, pk, key, num, value = _news_columns(name)
-            above = pk > marks.get(name, 0)
-            late = pending.get(name)
             parts.append(branch(kind, pk, model.trial_id, key, num, value, sa.and_(
-                model.trial_id == trial.trial_id, trial.study_id == study_id,
-                sa.or_(above, self._one_of(pk, late, name)) if late else above)))
+                model.trial_id == trial.trial_id, trial.study_id == study,
+                sa.or_(pk > sa.bindparam(f"mark_{name}", type_=sa.Integer), self._one_of(pk, f"ids_{name}")))))
         union = sa.union_all(*parts).subquery()
         return sa.select(union).order_by(union.c.kind, union.c.pk)
 
-    def _one_of(self, column, ids: list[int], name: str):
-        """`column IN ids`; on PostgreSQL one array parameter (`= ANY(:ids)`), not one placeholder per id."""
+    def _one_of(self, column, name: str):
+        """`column IN :name`; on PostgreSQL one array parameter (`= ANY(:name)`), not one placeholder per id."""
         import sqlalchemy
 
         if self.engine.dialect.name != "postgresql":
-            return column.in_(ids)
+            return column.in_(sqlalchemy.bindparam(name, expanding=True))
         from sqlalchemy.dialects.postgresql import ARRAY
 
-        return column == sqlalchemy.any_(sqlalchemy.bindparam(f"ids_{name}", list(ids),
-                                                              type_=ARRAY(sqlalchemy.Integer)))
+        return column == sqlalchemy.any_(sqlalchemy.bindparam(name, type_=ARRAY(sqlalchemy.Integer)))
 
 
 for _name in (*_RECONNECTING, "set_trial_user_attrs", "_study_news", "_child_marks",
@@ -299,6 +307,7 @@ del _name
 
 
 _NEWS = ("params", "intermediate", "user", "system", "values")  # the per-trial tables, in news kind order
+_NEWS_STATEMENTS: dict[str, Any] = {}  # dialect name -> the statement of ReconnectingRDBStorage._study_news
 
 
 def _news_columns(name: str) -> tuple:
