@@ -4,13 +4,14 @@ server connections, pgbouncer waits and double pops, for direct PostgreSQL, pgbo
 A study is pre-filled to N trials (V of them RUNNING, the rest COMPLETE or PRUNED, each with 3 parameters,
 reports per epoch, Hyperband rung results and ~15 attributes) in a fresh database. Then, for each variant:
 
-  * load generators (--generators processes x 4 threads, raw psycopg on the variant's route) replay what V
-    workers' storage does at the rate of --trial-seconds trials of --epochs epochs: each virtual worker
-    takes the study lock, reads the study as its storage would (3 reads per ask; Optuna's full re-read of
-    every running trial, or our cache's narrow reads), creates a trial with its parameters and attributes,
-    reports each epoch and reads its trial back (should_prune), reads the study at each rung and writes the
-    rung result, sends a heartbeat every 10 s, and ends the trial. The database work of 256 workers is
-    real; their Python work would run on 256 other machines, so it is not simulated here.
+  * load generators (--generators processes x 4 threads, raw psycopg on the variant's route, niced) replay
+    what V workers' storage sends at the rate of --trial-seconds trials of --epochs epochs, statement for
+    statement, each virtual worker's calls in order: the budget look and Optuna's ask (pop an enqueued
+    trial, or create one, the budget checked in that transaction), the runner's records, TPE's study read
+    and three parameters, a report per epoch, a rung result and a study read at the rungs of its Hyperband
+    bracket, the end records and tell, a heartbeat every 10 s. A study read is the variant's: Optuna's
+    full re-read of every unfinished trial, or our cache's one narrow statement. The database work of V
+    workers is real; their Python work would run on V other machines, so it is not simulated here.
   * one probe worker runs the real worker path in this process (search.worker.run_worker: BudgetGate,
     TPE, Hyperband, heartbeat thread, artifacts), training replaced by --epoch-seconds of sleep per epoch,
     every storage call timed.
@@ -463,8 +464,6 @@ class Probe:
         self.rung = False
         self.statements = 0  # every SQL statement this process sends (the heartbeat thread's included)
         self.trial_statements: list[int] = []
-        self.sql: dict[str, int] = {}
-        self.calls: dict[str, int] = {}
 
     def timed(self, fn, name: str = "lock"):
         probe = self
@@ -481,7 +480,6 @@ class Probe:
                 dt = time.perf_counter() - t0
                 probe.turn += dt
                 probe.by_method[name] = probe.by_method.get(name, 0.0) + dt
-                probe.calls[name] = probe.calls.get(name, 0) + 1
 
         return call
 
@@ -502,11 +500,8 @@ def instrument(probe: Probe) -> None:
         setattr(FleetCachedStorage, n, probe.timed(getattr(FleetCachedStorage, n), n))
 
     @sqlalchemy.event.listens_for(sqlalchemy.engine.Engine, "after_cursor_execute")
-    def _count(conn, cursor, statement, *_a):
+    def _count(*_a):
         probe.statements += 1
-        if os.environ.get("FLEET_SQL_DEBUG"):
-            k = " ".join(statement.split())[:70]
-            probe.sql[k] = probe.sql.get(k, 0) + 1
 
     real_lock = study_mod.creation_lock
 
