@@ -276,10 +276,10 @@ class ReconnectingRDBStorage(RDBStorage):
                              typed(value, text).label("txt"), moment(start).label("ts1"),
                              moment(complete).label("ts2")).where(where)
 
-        study = sa.bindparam("study_id", type_=sa.Integer)
+        study, since = sa.bindparam("study_id", type_=sa.Integer), sa.bindparam("since", type_=sa.Integer)
         parts = [branch(0, trial.trial_id, trial.trial_id, trial.state, trial.number, None,
-                        sa.and_(trial.study_id == study, sa.or_(trial.trial_id > sa.bindparam("since", type_=sa.Integer),
-                                                                self._one_of(trial.trial_id, "ids_t"))),
+                        sa.and_(trial.study_id == study,
+                                sa.or_(trial.trial_id > since, self._one_of(trial.trial_id, "ids_t"))),
                         trial._datetime_start_utc, trial._datetime_complete_utc)]
         for kind, name in enumerate(_NEWS, start=1):
             model, pk, key, num, value = _news_columns(name)
