@@ -134,17 +134,24 @@ class FleetCachedStorage(_CachedStorage):
                         self._own.add(trial_id)
         return done
 
+    def _own_trial(self, trial_id: int) -> FrozenTrial | None:
+        """The cached copy of a trial this process runs, else None (the caller holds the lock)."""
+        if trial_id not in self._own:
+            return None
+        study_id, number = self._trial_id_to_study_id_and_number[trial_id]
+        return self._studies[study_id].trials[number]
+
     def _write_through(self, trial_id: int, change) -> None:
         with self._lock:
-            if trial_id not in self._own:
+            trial = self._own_trial(trial_id)
+            if trial is None:
                 return
-            study_id, number = self._trial_id_to_study_id_and_number[trial_id]
-            trial = self._studies[study_id].trials[number]
             if trial.state.is_finished():
                 self._own.discard(trial_id)
                 return
             trial = _copy(trial)  # copies: a caller may hold the old object
             change(trial)
+            study_id, number = self._trial_id_to_study_id_and_number[trial_id]
             self._studies[study_id].trials[number] = trial
 
     def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float, distribution) -> None:
@@ -200,8 +207,9 @@ class FleetCachedStorage(_CachedStorage):
             where = self._trial_id_to_study_id_and_number.get(trial_id)
             light = where is not None and where[0] in self._readers and where[0] in self._studies
             trial = self._get_cached_trial(trial_id)
-            if trial is None and trial_id in self._own:
-                return _copy(self._studies[where[0]].trials[where[1]])
+            own = self._own_trial(trial_id)
+            if trial is None and own is not None:
+                return _copy(own)
         if trial is not None or not light or self.ttl <= 0:
             return trial if trial is not None else self._backend.get_trial(trial_id)
         self._read_trials_from_remote_storage(where[0])
@@ -214,10 +222,7 @@ class FleetCachedStorage(_CachedStorage):
         """What a pruner reads of its trial at every epoch: nothing for an own trial (see above), else one
         query, not a whole trial's six."""
         with self._lock:
-            trial = self._get_cached_trial(trial_id)
-            if trial is None and trial_id in self._own:
-                study_id, number = self._trial_id_to_study_id_and_number[trial_id]
-                trial = self._studies[study_id].trials[number]
+            trial = self._get_cached_trial(trial_id) or self._own_trial(trial_id)
         if trial is not None:
             return dict(trial.system_attrs)
         if hasattr(self._backend, "_trial_system_attrs"):

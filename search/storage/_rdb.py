@@ -205,7 +205,7 @@ class ReconnectingRDBStorage(RDBStorage):
 
         Optuna updates an existing attribute in place, which leaves no trace a reader could find short of
         re-reading the whole trial; a new row has a new row id, so every FleetCachedStorage sees the
-        overwrite in its next narrow read (`_trial_news`), exactly. Three statements for any number of keys.
+        overwrite in its next narrow read (`_study_news`), exactly. Three statements for any number of keys.
         """
         import json
 
