@@ -159,6 +159,10 @@ def prefill(url: str, n: int, running: int, epochs: int) -> tuple[int, list[int]
                         "(%s, 0, %s, 'FINITE')", values)
         cur.executemany("INSERT INTO trial_heartbeats (trial_id, heartbeat) VALUES (%s, now())", beats)
         conn.commit()
+    # A study that grew to N trials one at a time has had its tables analysed by autovacuum many times over;
+    # one bulk load has not, and until autovacuum's next round (a minute) the planner would scan whole
+    # tables on statistics of empty ones: the cell would time a state no running fleet is in.
+    _pg(url, "ANALYZE")
     return study_id, [ids[num] for num, st, _ in plan if st == "RUNNING"]
 
 
