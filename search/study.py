@@ -18,7 +18,7 @@ from how2sign import __version__
 from .errors import UserError
 from .records import STUDY_STORED_AS, UNSET, StudyRecord, TrialRecord
 from .spec import StudySpec, parse
-from .storage import creation_lock, open_storage, parse_url, resolve_url, storage_errors
+from .storage import RETRY_HISTORY, creation_lock, open_storage, parse_url, resolve_url, storage_errors
 
 
 class StudyNotFound(UserError):
@@ -167,12 +167,14 @@ def retried_numbers(trials) -> set[int]:
     """Numbers of stale trials that the heartbeat callback re-queued (their retry stands in for them)."""
     out = set()
     for t in trials:
-        out.update(t.system_attrs.get("retry_history", []))
+        out.update(t.system_attrs.get(RETRY_HISTORY, []))
     return out
 
 
 def budget_used(study: optuna.Study) -> tuple[int, int]:
-    """(trials counted against the budget, trials waiting to run)."""
+    """(trials counted against the budget, trials waiting to run): every trial but those a retry stands in
+    for. The storage enforces the same rule in SQL when it creates a trial (ReconnectingRDBStorage._check_budget);
+    this is the worker's look at it from its cached view."""
     trials = study.get_trials(deepcopy=False)
     retried = retried_numbers(trials)
     counted = [t for t in trials if t.number not in retried]

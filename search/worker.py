@@ -111,9 +111,19 @@ def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or any(t in text for t in _OOM_TEXT)
 
 
+def trial_by_number(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial | None:
+    """One trial of the study, through the storage's trial look-up: a trial this worker runs or a finished
+    one costs no statement with the fleet cache, where scanning `study.get_trials()` re-reads the study."""
+    storage = study._storage
+    try:
+        return storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study._study_id, number))
+    except KeyError:
+        return None
+
+
 def retried_from(trial: optuna.Trial) -> int | None:
     """The number of the stale trial this one retries (set by RetryHeartbeatStaleTrialCallback)."""
-    frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+    frozen = trial_by_number(trial.study, trial.number)
     import warnings
 
     with warnings.catch_warnings():  # experimental in Optuna; silenced here only, not process-wide
@@ -405,7 +415,7 @@ def _run_one(study: optuna.Study, runner: TrialRunner, admission: Admission, log
         log(f"trial {admission.trial} was marked {ended} while running here (its heartbeat lapsed, so "
             "another worker failed it and re-queued a retry); going on")
         return True  # said all there is to say about it
-    last = next((t for t in study.get_trials(deepcopy=False) if t.number == admission.trial), None)
+    last = None if admission.trial is None else trial_by_number(study, admission.trial)
     if last is not None and last.state == TrialState.FAIL:
         log(f"trial {last.number}: failed: {TrialRecord.read(last).fail_reason}")
     elif last is not None and last.state == TrialState.PRUNED:
@@ -429,5 +439,5 @@ def _ended_elsewhere(study, number: int | None, exc: BaseException) -> str | Non
     if number is None or not (isinstance(exc, optuna.exceptions.UpdateFinishedTrialError)
                               or str(exc).startswith(said)):
         return None
-    t = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
+    t = trial_by_number(study, number)
     return t.state.name if t is not None and t.state.is_finished() else None

@@ -46,7 +46,7 @@ from ._url import (
 
 __all__ = [
     "CACHE_SECONDS", "DEFAULT_URL", "ENV", "GRACE_PERIOD", "HEARTBEAT_INTERVAL", "MAX_RETRY", "POOLER_OPTION",
-    "POOLER_PORT", "RECONNECT_SECONDS", "SQLITE_BUSY_TIMEOUT", "BudgetSpent", "FleetCachedStorage",
+    "POOLER_PORT", "RECONNECT_SECONDS", "RETRY_HISTORY", "SQLITE_BUSY_TIMEOUT", "BudgetSpent", "FleetCachedStorage",
     "ReconnectingRDBStorage", "StorageError", "StorageURL", "cache_seconds", "creation_lock", "engine_kwargs",
     "heartbeat_settings",
     "is_disconnect", "mask_password", "open_storage", "parse_url", "reconnect_seconds", "resolve_url",
@@ -54,7 +54,7 @@ __all__ = [
 ]
 # Importing optuna takes a second: the classes (and the private names benchmarks/storage.py times) load
 # on first use, so that `h2s-search --help` and URL parsing stay quick.
-_LAZY = {"ReconnectingRDBStorage": "_rdb", "BudgetSpent": "_rdb", "FleetCachedStorage": "_cache",
+_LAZY = {"ReconnectingRDBStorage": "_rdb", "BudgetSpent": "_rdb", "RETRY_HISTORY": "_rdb", "FleetCachedStorage": "_cache",
          "_RECONNECTING": "_rdb", "_reconnecting_class": "_rdb", "_serialise_sqlite": "_rdb"}
 
 

@@ -129,17 +129,18 @@ _lock_engines: dict[tuple[int, str], object] = {}
 
 
 def _lock_engine(u: StorageURL):
-    """One small engine per process and database for the study lock.
-
-    Its connection is kept between trials: a new PostgreSQL connection forks a server process, which is
-    too dear to pay on every trial's admission. Keyed by pid, so a forked child never shares a socket.
+    """One engine per process and database for the study lock, with no pool: the lock is taken only to
+    create a study and when a worker joins (trials take none), so its connection is closed on release
+    instead of being held open, one idle server connection per worker, for the worker's whole life.
+    Keyed by pid, so a forked child never shares a socket.
     """
     import sqlalchemy
+    from sqlalchemy.pool import NullPool
 
     key = (os.getpid(), u.sqlalchemy)
     engine = _lock_engines.get(key)
     if engine is None:
-        engine = sqlalchemy.create_engine(u.sqlalchemy, pool_size=1, max_overflow=1, pool_recycle=300,
+        engine = sqlalchemy.create_engine(u.sqlalchemy, poolclass=NullPool,
                                           connect_args=engine_kwargs(u).get("connect_args", {}))
         _lock_engines[key] = engine
     return engine

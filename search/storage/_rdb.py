@@ -144,6 +144,7 @@ class ReconnectingRDBStorage(RDBStorage):
         return super()._get_prepared_new_trial(study_id, template_trial, session)
 
     def _check_budget(self, study_id: int, session) -> None:
+        """search.study.budget_used's rule, in the creating transaction: all trials minus retried ones."""
         import json
 
         from optuna.storages._rdb import models

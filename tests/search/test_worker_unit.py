@@ -215,6 +215,28 @@ def test_the_runner_notes_which_trial_its_admission_became(tmp_path):
     assert admission.trial == 0
 
 
+def test_a_trial_looked_up_by_number_costs_no_study_read(tmp_path):
+    """retried_from, the end-of-trial line and _ended_elsewhere look up one trial: the worker's own or a
+    finished one comes from the fleet cache, not from a re-read of the whole study."""
+    import sqlalchemy
+
+    from search.storage import open_storage
+    from search.worker import retried_from, trial_by_number
+
+    s = open_storage(f"sqlite:///{tmp_path / 'n.db'}", heartbeat=False, cache=True, ttl=3600)
+    study = optuna.create_study(study_name="n", storage=s)
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    trial = study.ask()
+    sent: list[str] = []
+    sqlalchemy.event.listen(s._backend.engine, "after_cursor_execute", lambda *a: sent.append(a[2]))
+    assert trial_by_number(study, 0).state == TrialState.COMPLETE
+    assert trial_by_number(study, trial.number).state == TrialState.RUNNING
+    assert retried_from(trial) is None
+    assert sent == []
+    assert trial_by_number(study, 99) is None
+    s._backend.engine.dispose()
+
+
 def test_run_worker_returns_a_result_and_leaves_the_settings_alone(tmp_path, corpus):
     from how2sign.batches import TrainData
     from search.study import create_or_load
