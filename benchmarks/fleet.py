@@ -237,8 +237,30 @@ def _read(cur, study_id: int, w: VirtualWorker, cached: bool) -> None:
     cur.connection.commit()
 
 
-def _attrs(cur, tid: int, table: str, items: dict) -> None:
-    """ReconnectingRDBStorage._replace_attrs: the trial, old rows out, new rows in, one transaction."""
+def _alone(cur, sql: str, params) -> None:
+    """One statement in autocommit (ReconnectingRDBStorage._add_if_running): no BEGIN, no COMMIT."""
+    conn = cur.connection
+    conn.autocommit = True
+    try:
+        cur.execute(sql, params)
+    finally:
+        conn.autocommit = False
+
+
+def _attrs(cur, tid: int, table: str, items: dict, cached: bool) -> None:
+    """A worker's attributes of its own trial, all new keys: with our cache one conditional insert
+    (FleetCachedStorage._added); else ReconnectingRDBStorage._replace_attrs: the trial, old rows out, new
+    rows in, one transaction."""
+    import psycopg
+
+    if cached:
+        one = "SELECT %s, %s, %s FROM trials WHERE trial_id = %s AND state = 'RUNNING'"
+        try:
+            _alone(cur, f"INSERT INTO {table} (trial_id, key, value_json) " + " UNION ALL ".join(
+                [one] * len(items)), [v for k, val in items.items() for v in (tid, k, json.dumps(val), tid)])
+            return
+        except psycopg.errors.UniqueViolation:
+            pass  # a pre-filled running trial's rung result: the worker's cache would know it, and overwrite
     cur.execute("SELECT * FROM trials WHERE trial_id = %s", (tid,)).fetchall()
     cur.execute(f"DELETE FROM {table} WHERE trial_id = %s AND key = ANY(%s)", (tid, list(items)))
     cur.executemany(f"INSERT INTO {table} (trial_id, key, value_json) VALUES (%s, %s, %s)",
@@ -290,7 +312,7 @@ def _start_trial(conn, study_id: int, w: VirtualWorker, cached: bool, popped) ->
     w.trial_id, w.started = tid, time.monotonic()
     _attrs(cur, tid, "trial_user_attributes", {k: "x" for k in ("anchor", "checkpoint", "host", "device",
                                                                  "h2s_version", "torch_version", "optuna_version",
-                                                                 "resumed_from_epoch", "fail_reason")})
+                                                                 "resumed_from_epoch", "fail_reason")}, cached)
     _read(cur, study_id, w, cached)  # TPE: one get_all_trials per trial (Study._get_trials' cache)
     dists = _distributions()
     for name, value in (("dropout", rng.uniform(0, 0.5)), ("lr", 1e-3), ("batch_size", 0.0)):
@@ -298,7 +320,7 @@ def _start_trial(conn, study_id: int, w: VirtualWorker, cached: bool, popped) ->
         cur.execute("INSERT INTO trial_params (trial_id, param_name, param_value, distribution_json) VALUES "
                     "(%s, %s, %s, %s) ON CONFLICT DO NOTHING", (tid, name, value, dists[name]))  # a retry has them
         conn.commit()
-    _attrs(cur, tid, "trial_user_attributes", {"seed": 0})
+    _attrs(cur, tid, "trial_user_attributes", {"seed": 0}, cached)
     bracket = rng.randrange(3)  # Hyperband's brackets for 10 epochs and reduction factor 3: rungs 1, 3, 9
     w.rungs = tuple(r for r in (1, 3, 9) if r >= 3 ** bracket)
 
@@ -307,10 +329,9 @@ def _epoch(conn, study_id: int, w: VirtualWorker, step: int, cached: bool) -> No
     """trial.report, then should_prune: the trial's system attributes; at a rung, its result and the study."""
     cur, tid = conn.cursor(), w.trial_id
     if cached:  # ReconnectingRDBStorage: one conditional insert; the own trial's attributes come from the cache
-        cur.execute("INSERT INTO trial_intermediate_values (trial_id, step, intermediate_value, "
-                    "intermediate_value_type) SELECT %s, %s, %s, 'FINITE' FROM trials WHERE trial_id = %s AND "
-                    "state = 'RUNNING' ON CONFLICT DO NOTHING", (tid, step, 4.0 + 1 / step, tid))
-        conn.commit()
+        _alone(cur, "INSERT INTO trial_intermediate_values (trial_id, step, intermediate_value, "
+               "intermediate_value_type) SELECT %s, %s, %s, 'FINITE' FROM trials WHERE trial_id = %s AND "
+               "state = 'RUNNING' ON CONFLICT DO NOTHING", (tid, step, 4.0 + 1 / step, tid))
     else:  # Optuna's RDBStorage
         cur.execute("SELECT * FROM trials WHERE trial_id = %s", (tid,)).fetchall()
         cur.execute("SELECT * FROM trial_intermediate_values WHERE trial_id = %s AND step = %s",
@@ -322,19 +343,19 @@ def _epoch(conn, study_id: int, w: VirtualWorker, step: int, cached: bool) -> No
         cur.execute("SELECT key, value_json FROM trial_system_attributes WHERE trial_id = %s", (tid,)).fetchall()
         conn.commit()
     if step in w.rungs:
-        _attrs(cur, tid, "trial_system_attributes", {f"completed_rung_{w.rungs.index(step)}": 4.0})
+        _attrs(cur, tid, "trial_system_attributes", {f"completed_rung_{w.rungs.index(step)}": 4.0}, cached)
         _read(cur, study_id, w, cached)
 
 
-def _end_trial(conn, w: VirtualWorker) -> None:
+def _end_trial(conn, w: VirtualWorker, cached: bool) -> None:
     """The result record, the artifacts' and the time split's attributes, then tell (state and value)."""
     cur, tid = conn.cursor(), w.trial_id
     _attrs(cur, tid, "trial_user_attributes", {k: 1.0 for k in (
         "params", "epochs_run", "best_epoch", "train_loss", "val_loss", "gap", "seconds", "frames_per_second",
-        "bleu", "chrf", "vocab_coverage", "repetition_rate", "verdict", "samples")})
-    _attrs(cur, tid, "trial_user_attributes", {"artifacts": "x"})
+        "bleu", "chrf", "vocab_coverage", "repetition_rate", "verdict", "samples")}, cached)
+    _attrs(cur, tid, "trial_user_attributes", {"artifacts": "x"}, cached)
     _attrs(cur, tid, "trial_user_attributes", {k: 1.0 for k in ("seconds_train", "seconds_validate",
-                                                                 "seconds_evaluate", "seconds_other")})
+                                                                 "seconds_evaluate", "seconds_other")}, cached)
     cur.execute("SELECT * FROM trials WHERE trial_id = %s FOR UPDATE", (tid,)).fetchall()
     cur.execute("UPDATE trials SET state = 'COMPLETE', datetime_complete = now() WHERE trial_id = %s", (tid,))
     cur.execute("INSERT INTO trial_values (trial_id, objective, value, value_type) VALUES (%s, 0, 4.0, 'FINITE')",
@@ -424,7 +445,7 @@ def generator(url: str, study_id: int, trial_ids: list, trial_s: float, epochs: 
             nxt = time.monotonic() if step == epochs else w.started + (step + 1) * trial_s / epochs
             return (nxt, "epoch", step + 1, w)
         if w.trial_id is not None:
-            _end_trial(conn, w)
+            _end_trial(conn, w, cached)
         _start_trial(conn, study_id, w, cached, popped)
         stats["started"] += 1
         return (w.started + trial_s / epochs, "epoch", 1, w)

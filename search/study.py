@@ -53,13 +53,42 @@ def build_sampler(spec: StudySpec, worker_index: int = 0):
     return optuna.samplers.TPESampler(seed=seed, **s)
 
 
+class HyperbandPruner(optuna.pruners.HyperbandPruner):
+    """Optuna's Hyperband, with each trial's bracket worked out once per study.
+
+    At every rung decision Optuna works out the bracket of every trial in the study (a CRC of the study
+    name and the trial number) to pick the trials of one bracket: about 10 ms of Python per decision at
+    5,000 trials. A trial's bracket never changes once the brackets are set up, so it is remembered here;
+    the brackets and the decisions are Optuna's own.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._bracket_of: dict[int, int] = {}
+        self._brackets_of_study: str | None = None
+
+    def prune(self, study: optuna.Study, trial) -> bool:
+        if study.study_name != self._brackets_of_study:  # the same pruner given to another study
+            self._bracket_of.clear()
+            self._brackets_of_study = study.study_name
+        return super().prune(study, trial)
+
+    def _get_bracket_id(self, study, trial) -> int:
+        bracket = self._bracket_of.get(trial.number)
+        if bracket is None:
+            bracket = super()._get_bracket_id(study, trial)
+            if self._pruners:  # the brackets are set up: the answer is final
+                self._bracket_of[trial.number] = bracket
+        return bracket
+
+
 def build_pruner(spec: StudySpec):
     p = dict(spec.pruner)
     kind = p.pop("type", "none")
     epochs = spec.base_config().total_epochs
     if kind == "hyperband":
         # max_resource='auto' prunes nothing until a trial finishes; the epoch budget is known.
-        return optuna.pruners.HyperbandPruner(max_resource=epochs, **p)
+        return HyperbandPruner(max_resource=epochs, **p)
     if kind == "asha":
         return optuna.pruners.SuccessiveHalvingPruner(**p)
     if kind == "median":

@@ -168,20 +168,33 @@ class FleetCachedStorage(_CachedStorage):
         self._write_through(trial_id, lambda t: t.intermediate_values.__setitem__(step, intermediate_value))
 
     def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
-        super().set_trial_user_attr(trial_id, key, value)
-        self._write_through(trial_id, lambda t: t.user_attrs.__setitem__(key, copy.deepcopy(value)))
+        self.set_trial_user_attrs(trial_id, {key: value})
 
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
-        super().set_trial_system_attr(trial_id, key, value)
+        if not self._added(trial_id, {key: value}, user=False):
+            super().set_trial_system_attr(trial_id, key, value)
         self._write_through(trial_id, lambda t: t.system_attrs.__setitem__(key, copy.deepcopy(value)))
+
+    def _added(self, trial_id: int, attrs: dict[str, Any], *, user: bool) -> bool:
+        """New attributes of a trial this process runs, in one statement (ReconnectingRDBStorage._add_attrs):
+        its cached copy is exact, so it tells whether a key is new. False, with nothing written, for any
+        other write, which then takes the backend's transaction (and its errors)."""
+        with self._lock:
+            own = self._own_trial(trial_id)
+            new = bool(attrs) and own is not None and not own.state.is_finished() and not (
+                attrs.keys() & (own.user_attrs if user else own.system_attrs).keys())
+        return new and hasattr(self._backend, "_add_attrs") and self._backend._add_attrs(trial_id, attrs, user=user)
 
     def limit_new_trials(self, budget_attr: str | None) -> None:
         """See ReconnectingRDBStorage.limit_new_trials."""
         self._backend.limit_new_trials(budget_attr)
 
     def set_trial_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
-        """Several user attributes in one transaction, where the backend offers it."""
-        if hasattr(self._backend, "set_trial_user_attrs"):
+        """Several user attributes in one statement (new keys of a trial this process runs) or one
+        transaction, where the backend offers it."""
+        if self._added(trial_id, attrs, user=True):
+            pass
+        elif hasattr(self._backend, "set_trial_user_attrs"):
             self._backend.set_trial_user_attrs(trial_id, attrs)
         else:
             for key, value in attrs.items():

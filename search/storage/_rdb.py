@@ -102,28 +102,50 @@ class ReconnectingRDBStorage(RDBStorage):
         self._serialise_if_sqlite()
 
     def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
-        """A report in one statement (a conditional insert), where Optuna sends three: every epoch of every
-        trial pays it. A trial that is not running, or a step already reported, takes Optuna's own path,
-        which updates the value or raises Optuna's error."""
+        """A report in one statement and one round trip (`_add_if_running`), where Optuna sends three in a
+        transaction: every epoch of every trial pays it. A trial that is not running, or a step already
+        reported, takes Optuna's own path, which updates the value or raises Optuna's error."""
+        from optuna.storages._rdb import models
+
+        model = models.TrialIntermediateValueModel
+        value, kind = model.intermediate_value_to_stored_repr(intermediate_value)
+        if not self._add_if_running(model, trial_id, [{"step": step, "intermediate_value": value,
+                                                       "intermediate_value_type": kind}]):
+            super().set_trial_intermediate_value(trial_id, step, intermediate_value)
+
+    def _add_attrs(self, trial_id: int, attrs: dict[str, Any], *, user: bool) -> bool:
+        """Attributes the trial does not have yet, in one statement (see `_add_if_running`); False, with
+        nothing written, when the trial is not running or already has one of the keys. FleetCachedStorage
+        calls it for the trials it runs, whose keys it knows; the other writes take `_replace_attrs`."""
+        import json
+
+        from optuna.storages._rdb import models
+
+        model = models.TrialUserAttributeModel if user else models.TrialSystemAttributeModel
+        return self._add_if_running(model, trial_id, [{"key": key, "value_json": json.dumps(value)}
+                                                      for key, value in attrs.items()])
+
+    def _add_if_running(self, model, trial_id: int, rows: list[dict[str, Any]]) -> bool:
+        """Insert per-trial rows if the trial is RUNNING: one `INSERT … SELECT … WHERE state = 'RUNNING'`,
+        autocommitted (no BEGIN and COMMIT round trips), so the check and the insert are one atomic
+        statement. True when every row went in; False when none did: the trial is not running (or
+        unknown), or a row's key is taken (the unique constraint refuses the whole statement)."""
         import sqlalchemy as sa
         from optuna.storages._rdb import models
-        from optuna.storages._rdb.storage import _create_scoped_session
 
-        model, trial = models.TrialIntermediateValueModel, models.TrialModel
-        value, kind = model.intermediate_value_to_stored_repr(intermediate_value)
-        row = sa.select(sa.literal(trial_id, sa.Integer), sa.literal(step, sa.Integer),
-                        sa.literal(value, sa.Float), sa.literal(kind, model.intermediate_value_type.type)).where(
-            trial.trial_id == trial_id, trial.state == TrialState.RUNNING)
-        columns = ["trial_id", "step", "intermediate_value", "intermediate_value_type"]
+        trial, table = models.TrialModel, model.__table__
+        columns = ["trial_id", *rows[0]]
+        selects = [sa.select(sa.literal(trial_id, sa.Integer),
+                             *[sa.literal(row[c], table.c[c].type) for c in columns[1:]]).where(
+            trial.trial_id == trial_id, trial.state == TrialState.RUNNING) for row in rows]
+        source = selects[0] if len(selects) == 1 else sa.union_all(*selects)
         # preserve_rowcount: SQLAlchemy keeps an INSERT's row count only when asked to
-        insert = sa.insert(model.__table__).from_select(columns, row).execution_options(preserve_rowcount=True)
+        insert = sa.insert(table).from_select(columns, source).execution_options(preserve_rowcount=True)
         try:
-            with _create_scoped_session(self.scoped_session) as session:
-                done = session.execute(insert).rowcount == 1
+            with self.engine.connect() as conn:
+                return conn.execution_options(isolation_level="AUTOCOMMIT").execute(insert).rowcount == len(rows)
         except sa.exc.IntegrityError:
-            done = False  # the step was reported before: Optuna's path updates it
-        if not done:
-            super().set_trial_intermediate_value(trial_id, step, intermediate_value)
+            return False
 
     budget_attr: str | None = None
 
@@ -302,7 +324,7 @@ class ReconnectingRDBStorage(RDBStorage):
 
 
 for _name in (*_RECONNECTING, "set_trial_user_attrs", "_study_news", "_child_marks",
-              "_trial_system_attrs"):
+              "_trial_system_attrs", "_add_attrs"):
     setattr(ReconnectingRDBStorage, _name, _reconnecting(_name, getattr(ReconnectingRDBStorage, _name)))
 del _name
 
@@ -388,6 +410,15 @@ def _serialise_sqlite(engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(conn):
+        # An AUTOCOMMIT connection (a one-statement read or insert) runs its statement on its own: SQLite
+        # makes a single statement atomic, and SQLAlchemy would never commit a transaction begun here.
+        if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+            return
+        # SQLAlchemy hands a connection back from AUTOCOMMIT by setting the sqlite3 module's legacy
+        # isolation level (""), under which the module opens transactions of its own: ours own them again.
+        dbapi = conn.connection.dbapi_connection
+        if dbapi.isolation_level is not None:
+            dbapi.isolation_level = None  # no transaction is open here, so the implied COMMIT is a no-op
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     engine.dispose()  # connections opened before the listeners existed are dropped

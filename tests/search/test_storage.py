@@ -7,6 +7,7 @@ import pickle
 import sqlite3
 import threading
 import warnings
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -93,6 +94,36 @@ def test_sqlite_storage_unpickles_with_wal_and_begin_immediate(tmp_path):
                               "VALUES (99, 0, 'x')")
             other.close()
         rdb.engine.dispose()
+
+
+def test_sqlite_transactions_stay_begin_immediate_after_a_one_statement_write(tmp_path):
+    """Reports and a running trial's new attributes are autocommitted single statements; the connection
+    they used must come back to BEGIN IMMEDIATE transactions (not the sqlite3 module's own)."""
+    import sqlalchemy
+
+    path = tmp_path / "a.db"
+    s = open_storage(f"sqlite:///{path}", heartbeat=False, cache=True, ttl=3600)
+    study = optuna.create_study(study_name="a", storage=s)
+    trial = study.ask()
+    trial.report(1.0, 1)
+    trial.set_user_attr("host", "a")
+    sent: list[str] = []
+    sqlalchemy.event.listen(s._backend.engine, "after_cursor_execute", lambda *a: sent.append(a[2]))
+    trial.report(0.5, 2)
+    assert len(sent) == 1 and sent[0].startswith("INSERT")
+    with s._backend.engine.begin() as conn:
+        assert conn.connection.dbapi_connection.isolation_level is None
+        conn.exec_driver_sql("SELECT count(*) FROM studies").scalar()
+        other = sqlite3.connect(path, timeout=0)
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            other.execute("INSERT INTO version_info (version_info_id, schema_version, library_version) "
+                          "VALUES (99, 0, 'x')")
+        other.close()
+    assert "BEGIN IMMEDIATE" in sent
+    study.tell(trial, 0.5)
+    fresh = open_storage(f"sqlite:///{path}", heartbeat=False).get_trial(trial._trial_id)
+    assert fresh.intermediate_values == {1: 1.0, 2: 0.5} and fresh.user_attrs == {"host": "a"}
+    s._backend.engine.dispose()
 
 
 def test_postgresql_storages_pickle(pg_db):
@@ -185,6 +216,26 @@ def test_the_cache_gives_the_same_prune_decisions_as_uncached_storage(backend, m
     assert got == expected
     for s in (plain, cached):
         getattr(s, "_backend", s).engine.dispose()
+
+
+def test_our_hyperband_decides_and_brackets_as_optunas(tmp_path):
+    """search.study.HyperbandPruner only remembers each trial's bracket: the same brackets, the same
+    decisions as Optuna's, including when one pruner is handed a second study."""
+    from search.study import HyperbandPruner
+
+    def make(cls):
+        return cls(min_resource=1, max_resource=9, reduction_factor=3)
+
+    ours = make(HyperbandPruner)
+    for name in ("first", "second"):
+        expected = _replay(optuna.storages.InMemoryStorage(), make(optuna.pruners.HyperbandPruner), name, n=40)
+        got = _replay(optuna.storages.InMemoryStorage(), ours, name, n=40)
+        assert sum(p for *_, p in expected) >= 3 and got == expected
+        reference = make(optuna.pruners.HyperbandPruner)
+        reference._try_initialization(None)  # a fixed max_resource: the brackets need no study
+        study = SimpleNamespace(study_name=name)
+        assert [ours._get_bracket_id(study, SimpleNamespace(number=i)) for i in range(200)] == [
+            reference._get_bracket_id(study, SimpleNamespace(number=i)) for i in range(200)]
 
 
 def test_other_workers_trials_states_reports_and_overwrites_are_exact_and_foreign_overwrites_lag(pg_db):
@@ -286,6 +337,11 @@ def test_a_trial_this_process_runs_is_read_from_the_cache_and_exact(tmp_path):
                             lambda *a: sent.append(a[2]) if not a[2].startswith("BEGIN") else None)
     trial.report(0.25, 4)
     assert len(sent) == 1 and sent[0].startswith("INSERT")  # a report is one statement
+    s.set_trial_user_attrs(trial._trial_id, {"gpu": "x", "seed": 1})
+    assert len(sent) == 2 and sent[1].startswith("INSERT")  # new attributes of an own trial: one statement
+    trial.set_user_attr("host", "b")  # an overwrite: the old row out, a new one in, one transaction
+    assert len(sent) > 3 and any(q.startswith("DELETE") for q in sent[2:])
+    assert s.get_trial(trial._trial_id).user_attrs == {"host": "b", "gpu": "x", "seed": 1}
     s.set_trial_intermediate_value(trial._trial_id, 1, 5.0)  # a step again: Optuna's path overwrites it
     assert s.get_trial(trial._trial_id).intermediate_values[1] == 5.0
     study.tell(trial, 0.1)
