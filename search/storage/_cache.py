@@ -192,13 +192,12 @@ class FleetCachedStorage(_CachedStorage):
     def set_trial_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
         """Several user attributes in one statement (new keys of a trial this process runs) or one
         transaction, where the backend offers it."""
-        if self._added(trial_id, attrs, user=True):
-            pass
-        elif hasattr(self._backend, "set_trial_user_attrs"):
-            self._backend.set_trial_user_attrs(trial_id, attrs)
-        else:
-            for key, value in attrs.items():
-                self._backend.set_trial_user_attr(trial_id, key, value)
+        if not self._added(trial_id, attrs, user=True):
+            if hasattr(self._backend, "set_trial_user_attrs"):
+                self._backend.set_trial_user_attrs(trial_id, attrs)
+            else:
+                for key, value in attrs.items():
+                    self._backend.set_trial_user_attr(trial_id, key, value)
         self._write_through(trial_id, lambda t: t.user_attrs.update(copy.deepcopy(attrs)))
 
     # ------------------------------------------------------------------ reads

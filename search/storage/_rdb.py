@@ -142,10 +142,16 @@ class ReconnectingRDBStorage(RDBStorage):
         # preserve_rowcount: SQLAlchemy keeps an INSERT's row count only when asked to
         insert = sa.insert(table).from_select(columns, source).execution_options(preserve_rowcount=True)
         try:
-            with self.engine.connect() as conn:
-                return conn.execution_options(isolation_level="AUTOCOMMIT").execute(insert).rowcount == len(rows)
+            return self._alone(insert) == len(rows)
         except sa.exc.IntegrityError:
             return False
+
+    def _alone(self, statement, params: dict[str, Any] | None = None):
+        """Run one statement on its own, autocommitted: no BEGIN and COMMIT round trips (and on SQLite no
+        write lock, see `_serialise_sqlite`). Returns its rows, or for a write its row count."""
+        with self.engine.connect() as conn:
+            result = conn.execution_options(isolation_level="AUTOCOMMIT").execute(statement, params)
+            return result.all() if result.returns_rows else result.rowcount
 
     budget_attr: str | None = None
 
@@ -258,11 +264,7 @@ class ReconnectingRDBStorage(RDBStorage):
         params = {"study_id": study_id, "since": since, "ids_t": sorted(set(open_ids) | set(pending.get("trials", ())))}
         for name in _NEWS:
             params[f"mark_{name}"], params[f"ids_{name}"] = marks.get(name, 0), list(pending.get(name, ()))
-        # One statement needs no transaction of its own: autocommit spares the BEGIN and COMMIT round trips
-        # (and on SQLite the write lock every transaction takes here).
-        with self.engine.connect() as conn:
-            result = conn.execution_options(isolation_level="AUTOCOMMIT").execute(self._news_statement(),
-                                                                                  params).all()
+        result = self._alone(self._news_statement(), params)  # one statement: one snapshot, no transaction
         listing: list[tuple] = []
         rows: dict[str, list[tuple]] = {name: [] for name in _NEWS}
         for kind, pk, trial_id, key, num, text, start, complete in result:
