@@ -96,3 +96,19 @@ def run_main(main) -> None:
     """Exit 0 whatever the verdicts; a crash still exits non-zero with its traceback."""
     main()
     sys.exit(0)
+
+
+def bench_study(name: str, *, n_trials: int, epochs: int, anchor: bool) -> object:
+    """The tiny study (search.tiny_study) as the storage and fleet benchmarks run it: batch size searched
+    too, Hyperband from epoch 1, TPE; parsed into a StudySpec."""
+    import tomllib
+
+    from search.spec import parse
+    from search.tiny_study import TINY_ANCHOR, TINY_SPACE, tiny_study_toml
+
+    text = tiny_study_toml(name, n_trials=n_trials, epochs=epochs,
+                           space=TINY_SPACE + '\nbatch_size = { type = "categorical", choices = [8, 16] }',
+                           anchor={**TINY_ANCHOR, "batch_size": 8} if anchor else None,
+                           pruner='type = "hyperband"\nmin_resource = 1\nreduction_factor = 3',
+                           sampler='type = "tpe"\nseed = 0\nn_startup_trials = 6')
+    return parse(tomllib.loads(text), f"benchmarks ({name})")

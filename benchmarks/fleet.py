@@ -41,45 +41,11 @@ import time
 import uuid
 from pathlib import Path
 
-from _common import make_corpus, parse_args, run_main, say, verdict, workdir
+from _common import bench_study, make_corpus, parse_args, run_main, say, verdict, workdir
 
 ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 BENCH_PORT = 6439
 VARIANTS = {"direct": ("direct", 0.0), "pgbouncer": ("pgbouncer", 0.0), "cache": ("pgbouncer", None)}
-STUDY = """
-name = "fleet-bench"
-direction = "minimize"
-metric = "val_loss"
-n_trials = 100000
-
-[train]
-d_model = 32
-nhead = 2
-encoder_layers = 1
-decoder_layers = 1
-dim_feedforward = 64
-batch_size = 8
-epochs = {epochs}
-patience = 100
-lr_min = 1e-5
-seed = 0
-
-[space]
-dropout = {{ type = "float", low = 0.0, high = 0.5 }}
-lr = {{ type = "float", low = 1e-4, high = 3e-3, log = true }}
-batch_size = {{ type = "categorical", choices = [8, 16] }}
-
-[pruner]
-type = "hyperband"
-min_resource = 1
-reduction_factor = 3
-
-[sampler]
-type = "tpe"
-seed = 0
-"""
-
-
 def _pg(url: str, sql: str, params: tuple = ()):
     import psycopg
 
@@ -600,9 +566,7 @@ def p(values: list[float], q: float) -> float:
 
 
 def cell(args, tmp: Path, data: Path, fingerprint: str, v: int, n: int, variant: str, probe: Probe) -> dict:
-    import tomllib
 
-    from search.spec import parse
     from search.study import create_or_load
 
     route, ttl = VARIANTS[variant]
@@ -614,7 +578,7 @@ def cell(args, tmp: Path, data: Path, fingerprint: str, v: int, n: int, variant:
     else:
         os.environ["H2S_CACHE_SECONDS"] = str(ttl)
     try:
-        spec = parse(tomllib.loads(STUDY.format(epochs=args.epochs)), "benchmarks/fleet.py")
+        spec = bench_study("fleet-bench", n_trials=100000, epochs=args.epochs, anchor=False)
         opened = create_or_load(_url(db, "direct", 0), spec, fingerprint, str(data), None)
         opened.study._storage._backend.engine.dispose()
         study_id, running = prefill(_url(db, "direct", 0), n, v, args.epochs)

@@ -38,50 +38,11 @@ import time
 import uuid
 from pathlib import Path
 
-from _common import header, make_corpus, parse_args, run_main, say, verdict, workdir
+from _common import bench_study, header, make_corpus, parse_args, run_main, say, verdict, workdir
 
 TARGET = 0.02
 ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 PER_EPOCH = ("report", "should_prune", "epochs_run")
-
-STUDY = """
-name = "storage-bench"
-direction = "minimize"
-metric = "val_loss"
-n_trials = {n_trials}
-
-[train]
-d_model = 32
-nhead = 2
-encoder_layers = 1
-decoder_layers = 1
-dim_feedforward = 64
-batch_size = 8
-epochs = {epochs}
-patience = 100
-lr_min = 1e-5
-seed = 0
-
-[space]
-dropout = {{ type = "float", low = 0.0, high = 0.5 }}
-lr = {{ type = "float", low = 1e-4, high = 3e-3, log = true }}
-batch_size = {{ type = "categorical", choices = [8, 16] }}
-
-[anchor]
-name = "v4"
-params = {{ dropout = 0.3, lr = 1e-3, batch_size = 8 }}
-
-[pruner]
-type = "hyperband"
-min_resource = 1
-reduction_factor = 3
-
-[sampler]
-type = "tpe"
-seed = 0
-n_startup_trials = 6
-"""
-
 
 # --------------------------------------------------------------------------- inside each worker process
 class Meter:
@@ -300,10 +261,8 @@ def main() -> None:
 
 
 def _measure(args, tmp: Path, data: Path, mode: str) -> str:
-    import tomllib
 
     from how2sign.batches import TrainData
-    from search.spec import parse
     from search.study import create_or_load
 
     n_trials = args.trials or args.workers * (2 if args.quick else 3)
@@ -317,7 +276,7 @@ def _measure(args, tmp: Path, data: Path, mode: str) -> str:
     say(f"\n-- {mode}: {args.workers} workers, {n_trials} trials of {epochs} epochs; the objective {what}; "
         f"fresh database {db}")
     try:
-        spec = parse(tomllib.loads(STUDY.format(n_trials=n_trials, epochs=epochs)), "benchmarks/storage.py")
+        spec = bench_study("storage-bench", n_trials=n_trials, epochs=epochs, anchor=True)
         opened = create_or_load(url, spec, TrainData.load(data).fingerprint, str(data), n_trials)
         opened.study._storage._backend.engine.dispose()
         figures = _fleet(args, tmp / mode, data, url, db, admin, spec.name, mode, epochs)

@@ -9,6 +9,7 @@ import pytest
 
 from how2sign.config import TrainConfig
 from how2sign.synthetic import write_corpus
+from search.tiny_study import tiny_study_toml
 
 TINY = dict(d_model=32, nhead=4, encoder_layers=1, decoder_layers=1, dim_feedforward=64, dropout=0.1,
             batch_size=8, lr=1e-3, lr_min=1e-5, epochs=4, patience=10)
@@ -46,44 +47,14 @@ def tiny_cfg() -> TrainConfig:
 
 def study_toml(name: str = "tiny", *, n_trials: int = 3, epochs: int = 3, pruner: str = 'type = "none"',
                extra: str = "", space: str | None = None, anchor: bool = True) -> str:
-    """A small study file in the shipped format; the model trains in about a second per epoch."""
-    space = space or """
-d_model = { type = "categorical", choices = [16, 32] }
+    """The tiny study (search.tiny_study) with heads of 4, a d_model in the space, and TPE."""
+    space = space or """d_model = { type = "categorical", choices = [16, 32] }
 dropout = { type = "float", low = 0.0, high = 0.3 }
-lr = { type = "float", low = 1e-4, high = 3e-3, log = true }
-"""
-    anchor_block = """
-[anchor]
-name = "v4"
-params = { d_model = 32, dropout = 0.1, lr = 1e-3 }
-""" if anchor else ""
-    return f"""
-name = "{name}"
-description = "tiny test study"
-n_trials = {n_trials}
-
-[train]
-nhead = 4
-encoder_layers = 1
-decoder_layers = 1
-dim_feedforward = 64
-batch_size = 8
-epochs = {epochs}
-patience = 10
-lr_min = 1e-5
-
-[space]
-{space}
-{anchor_block}
-[pruner]
-{pruner}
-
-[sampler]
-type = "tpe"
-seed = 0
-n_startup_trials = 2
-{extra}
-"""
+lr = { type = "float", low = 1e-4, high = 3e-3, log = true }"""
+    return tiny_study_toml(name, n_trials=n_trials, epochs=epochs, patience=10, train={"nhead": 4}, space=space,
+                           anchor={"d_model": 32, "dropout": 0.1, "lr": 1e-3} if anchor else None, pruner=pruner,
+                           sampler='type = "tpe"\nseed = 0\nn_startup_trials = 2', extra=extra,
+                           description="tiny test study")
 
 
 @pytest.fixture

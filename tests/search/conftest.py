@@ -184,38 +184,12 @@ def fleet_corpus(tmp_path_factory) -> Path:
 
 def fleet_study_toml(name: str = "fleet", *, n_trials: int = 3, epochs: int = 3, patience: int = 100,
                      anchor: bool = True, pruner: str = "none", sampler: str = "random") -> str:
-    """A tiny study: d_model 32, 1+1 layers, feed-forward 64, batch 8; about half a second per epoch."""
-    anchor_block = '\n[anchor]\nname = "v4"\nparams = { dropout = 0.3, lr = 1e-3 }\n' if anchor else ""
-    return f"""
-name = "{name}"
-description = "fleet test study"
-direction = "minimize"
-metric = "val_loss"
-n_trials = {n_trials}
+    """The tiny study (search.tiny_study): about half a second per epoch."""
+    from search.tiny_study import TINY_ANCHOR, tiny_study_toml
 
-[train]
-d_model = 32
-nhead = 2
-encoder_layers = 1
-decoder_layers = 1
-dim_feedforward = 64
-batch_size = 8
-epochs = {epochs}
-patience = {patience}
-lr_min = 1e-5
-seed = 0
-
-[space]
-dropout = {{ type = "float", low = 0.0, high = 0.5 }}
-lr = {{ type = "float", low = 1e-4, high = 3e-3, log = true }}
-{anchor_block}
-[pruner]
-type = "{pruner}"
-
-[sampler]
-type = "{sampler}"
-seed = 0
-"""
+    return tiny_study_toml(name, n_trials=n_trials, epochs=epochs, patience=patience,
+                           anchor=TINY_ANCHOR if anchor else None, pruner=f'type = "{pruner}"',
+                           sampler=f'type = "{sampler}"\nseed = 0', description="fleet test study")
 
 
 @pytest.fixture

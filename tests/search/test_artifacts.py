@@ -17,45 +17,16 @@ from optuna.trial import TrialState
 
 from search.artifacts import ARTIFACTS_ENV, artifact_root, open_store
 from search.launcher import worker_command
+from search.tiny_study import tiny_study_toml
 
 # The anchor's lr lies outside the searched range on purpose (see STUDY).
 pytestmark = pytest.mark.filterwarnings("ignore:Fixed parameter lr:UserWarning")
 
-STUDY = """
-name = "insp"
-description = "inspection test study"
-direction = "minimize"
-metric = "val_loss"
-n_trials = 3
-
-[train]
-d_model = 32
-nhead = 2
-encoder_layers = 1
-decoder_layers = 1
-dim_feedforward = 64
-batch_size = 8
-epochs = 3
-patience = 100
-lr_min = 1e-7
-seed = 0
-
-[space]
-lr = { type = "float", low = 1e-6, high = 2e-6, log = true }
-
-[anchor]
-name = "v4"
-params = { lr = 3e-3 }
-
-[pruner]           # the anchor learns at 3e-3; the others at ~1e-6 are worse after one epoch: pruned
-type = "median"
-n_startup_trials = 1
-n_warmup_steps = 0
-
-[sampler]
-type = "random"
-seed = 0
-"""
+# The anchor learns at 3e-3; the others at ~1e-6 are worse after one epoch: the median pruner prunes them.
+STUDY = tiny_study_toml("insp", n_trials=3, epochs=3, train={"lr_min": 1e-7},
+                        space='lr = { type = "float", low = 1e-6, high = 2e-6, log = true }', anchor={"lr": 3e-3},
+                        pruner='type = "median"\nn_startup_trials = 1\nn_warmup_steps = 0',
+                        description="inspection test study")
 
 
 @pytest.fixture(scope="module")
