@@ -8,7 +8,10 @@ and the same math as nn.TransformerDecoderLayer (dropout is the layer's own modu
 - cross-attention keys and values of the encoder memory are computed once per decode.
 
 Positions holding <pad> are hidden as keys, exactly as `SignTranslator.decode` does through
-tgt_key_padding_mask, so the tokens chosen match full recomputation.
+tgt_key_padding_mask, so the tokens chosen match full recomputation. Keys and values are split over the
+decoder's own heads (`ModelConfig.decoder_heads`, which a frozen-encoder study searches apart from the
+encoder's). `model` below is a `how2sign.model.SignTranslator`; this module does not import it (the model
+knows nothing of decoding).
 
 Shapes in comments: B clips, K beams, N = B*K rows, H heads, S steps so far, T frames, D d_model, V vocabulary.
 """
@@ -16,16 +19,12 @@ Shapes in comments: B clips, K beams, N = B*K rows, H heads, S steps so far, T f
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .vocab import BOS_ID, EOS_ID, PAD_ID
-
-if TYPE_CHECKING:
-    from .model import SignTranslator
 
 # A host read of "all rows finished?" stalls an accelerator's queue, so there it runs once every few steps;
 # the extra steps only append <pad> to finished rows. On the CPU a read costs nothing, so it runs every step.
@@ -51,9 +50,9 @@ def _merge(x: torch.Tensor) -> torch.Tensor:
 class DecoderCache:
     """Per decoder layer: self-attention K/V so far and the memory's cross-attention K/V."""
 
-    def __init__(self, model: SignTranslator, memory: torch.Tensor, src_pad: torch.Tensor):
+    def __init__(self, model: nn.Module, memory: torch.Tensor, src_pad: torch.Tensor):
         self.model = model
-        self.nhead = model.cfg.nhead
+        self.nhead = model.cfg.decoder_heads
         self.self_k: list[torch.Tensor | None] = []
         self.self_v: list[torch.Tensor | None] = []
         self.cross_k: list[torch.Tensor] = []
@@ -131,13 +130,13 @@ def strip(ids: list[int]) -> list[int]:
     return out
 
 
-def decode_limit(model: SignTranslator, max_len: int | None) -> int:
+def decode_limit(model: nn.Module, max_len: int | None) -> int:
     """Total ids per hypothesis, <bos> and <eos> included: the caller's cap, never past max_tokens."""
     return min(max_len or model.cfg.max_tokens, model.cfg.max_tokens)
 
 
 @torch.no_grad()
-def greedy(model: SignTranslator, src: torch.Tensor, src_pad: torch.Tensor,
+def greedy(model: nn.Module, src: torch.Tensor, src_pad: torch.Tensor,
            max_len: int | None = None) -> list[list[int]]:
     """Greedy decoding of a batch; token ids per clip, without <bos>/<eos>."""
     limit = decode_limit(model, max_len)
@@ -230,7 +229,7 @@ class _Beams:
 
 
 @torch.no_grad()
-def beam(model: SignTranslator, src: torch.Tensor, src_pad: torch.Tensor, beam_size: int = 4,
+def beam(model: nn.Module, src: torch.Tensor, src_pad: torch.Tensor, beam_size: int = 4,
          max_len: int | None = None, length_penalty: float = 1.0) -> list[list[int]]:
     """Beam search over all clips and beams at once, as B*K rows of one decoder batch.
 

@@ -8,7 +8,7 @@ import re
 
 import torch
 
-from .model import ConfigError
+from .rules import ConfigError
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -114,14 +114,13 @@ def device_total_bytes(name: str) -> int | None:
 
 
 def parameter_count(cfg, input_dim: int, vocab_size: int) -> int:
-    """Weights of the translation model for a TrainConfig-like `cfg` (d_model, layers, dim_feedforward),
+    """Weights of the translation model for a TrainConfig `cfg` (d_model, layers, feed-forward widths),
     counted from the layer shapes: input projection, encoder and decoder layers, embedding, output head."""
-    d, ff = cfg.d_model, cfg.dim_feedforward
+    d, ff, dff = cfg.d_model, cfg.dim_feedforward, cfg.decoder_width
     attention = 4 * d * d + 4 * d                     # q, k, v and output projections with biases
-    feed_forward = 2 * d * ff + ff + d
     norm = 2 * d
-    encoder = cfg.encoder_layers * (attention + feed_forward + 2 * norm) + norm
-    decoder = cfg.decoder_layers * (2 * attention + feed_forward + 3 * norm) + norm
+    encoder = cfg.encoder_layers * (attention + 2 * d * ff + ff + d + 2 * norm) + norm
+    decoder = cfg.decoder_layers * (2 * attention + 2 * d * dff + dff + d + 3 * norm) + norm
     return (input_dim * d + d + norm) + encoder + decoder + vocab_size * d  # the output head shares the embedding
 
 
@@ -137,10 +136,11 @@ def estimate_trial_bytes(cfg, input_dim: int, vocab_size: int, activation_bytes:
     - the output layer's logits, their softmax and its gradient: 3 x batch x tokens x vocabulary.
     """
     b, t, n, h, d, ff = cfg.batch_size, cfg.max_frames, cfg.max_tokens, cfg.nhead, cfg.d_model, cfg.dim_feedforward
+    dh, dff = cfg.decoder_heads, cfg.decoder_width
     weights = 16 * parameter_count(cfg, input_dim, vocab_size)
     encoder = cfg.encoder_layers * (10 * b * t * d + 2 * b * t * ff + 2 * b * h * t * t)
     # Decoder layers: self-attention over the tokens and cross-attention over the frames.
-    decoder = cfg.decoder_layers * (14 * b * n * d + 2 * b * n * ff + 2 * b * h * n * n + 2 * b * h * n * t)
+    decoder = cfg.decoder_layers * (14 * b * n * d + 2 * b * n * dff + 2 * b * dh * n * n + 2 * b * dh * n * t)
     logits = 3 * b * n * vocab_size
     inputs = b * t * input_dim
     return weights + activation_bytes * (encoder + decoder + logits + inputs) + PROCESS_OVERHEAD_BYTES

@@ -11,7 +11,7 @@ import numpy as np
 import sacrebleu
 import torch
 
-from . import checkpoint
+from . import checkpoint, decoding
 from .batches import Batcher
 from .config import TrainConfig
 from .data import PackedSplit, csv_path, load_split, read_csv
@@ -145,9 +145,9 @@ def translate(model: SignTranslator, split: PackedSplit, vocab: Vocab, cfg: Trai
     for idx in batcher.plan(np.arange(len(split)), shuffle=False, rng=None):
         b = batcher.make(idx).to(dev)
         if beam_size <= 1:
-            ids = model.greedy(b.src, b.src_pad, max_len)
+            ids = decoding.greedy(model, b.src, b.src_pad, max_len)
         else:
-            ids = model.beam(b.src, b.src_pad, beam_size, max_len)
+            ids = decoding.beam(model, b.src, b.src_pad, beam_size, max_len)
         for i, seq in zip(idx, ids, strict=True):
             out[i] = vocab.decode(seq)
     return out

@@ -6,59 +6,47 @@ Shapes in comments: B batch, T frames, L target tokens, D d_model, F input featu
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from . import decoding
+from .rules import AT_LEAST_ONE, NON_NEGATIVE, UNIT, Settings, check_heads, setting
 from .vocab import PAD_ID
-
-ALLOWED_HEADS = (1, 2, 4, 8, 16)
-
-
-class ConfigError(ValueError):
-    """A configuration value that cannot work; the message names the key."""
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(Settings):
     """Everything needed to rebuild the network. No defaults: TrainConfig owns them."""
 
-    input_dim: int
-    vocab_size: int
-    d_model: int
-    nhead: int
-    encoder_layers: int
-    decoder_layers: int
-    dim_feedforward: int
-    dropout: float
-    max_frames: int
-    max_tokens: int
+    input_dim: int = setting(rule=AT_LEAST_ONE)
+    vocab_size: int = setting(rule=AT_LEAST_ONE)
+    d_model: int = setting(rule=AT_LEAST_ONE)
+    nhead: int = setting(rule=AT_LEAST_ONE)
+    encoder_layers: int = setting(rule=AT_LEAST_ONE)
+    decoder_layers: int = setting(rule=AT_LEAST_ONE)
+    dim_feedforward: int = setting(rule=AT_LEAST_ONE)
+    dropout: float = setting(rule=UNIT)
+    max_frames: int = setting(rule=AT_LEAST_ONE)
+    max_tokens: int = setting(rule=AT_LEAST_ONE)
     # The decoder's own heads and feed-forward width (0: the encoder's), so a study can search the decoder
     # around a fixed pretrained encoder. Defaults keep older checkpoints' model_config loadable.
-    decoder_nhead: int = 0
-    decoder_feedforward: int = 0
+    decoder_nhead: int = setting(0, NON_NEGATIVE)
+    decoder_feedforward: int = setting(0, NON_NEGATIVE)
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         check_heads(self.d_model, self.nhead)
-        check_heads(self.d_model, self.decoder_nhead or self.nhead)
-        for key in ("input_dim", "vocab_size", "encoder_layers", "decoder_layers", "dim_feedforward"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        check_heads(self.d_model, self.decoder_heads)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    @property
+    def decoder_heads(self) -> int:
+        """The decoder's attention heads: what the decoder layers are built with and decoding splits by."""
+        return self.decoder_nhead or self.nhead
 
-
-def check_heads(d_model: int, nhead: int) -> None:
-    """d_model must split evenly over the attention heads."""
-    if d_model < 1 or nhead < 1 or d_model % nhead:
-        legal = [h for h in ALLOWED_HEADS if d_model > 0 and d_model % h == 0]
-        hint = f"legal nhead for d_model={d_model}: {legal}" if legal else f"no allowed head count {ALLOWED_HEADS} divides it"
-        raise ConfigError(f"d_model={d_model} is not divisible by nhead={nhead} ({hint})")
+    @property
+    def decoder_width(self) -> int:
+        """The decoder's feed-forward width."""
+        return self.decoder_feedforward or self.dim_feedforward
 
 
 class PositionalEncoding(nn.Module):
@@ -104,9 +92,6 @@ class PoseEncoder(nn.Module):
         # src (B, T, F), src_pad (B, T) True where padded -> memory (B, T, D)
         return self.transformer(self.embed_frames(src), src_key_padding_mask=src_pad)
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
 
 def _xavier(module: nn.Module) -> None:
     """nn.Transformer's own initialisation: Xavier-uniform for every matrix."""
@@ -124,8 +109,7 @@ class SignTranslator(nn.Module):
         self.tgt_pos = PositionalEncoding(d, cfg.max_tokens)
         self.embed = nn.Embedding(cfg.vocab_size, d, padding_idx=PAD_ID)
         self.dropout = nn.Dropout(cfg.dropout)
-        layer = nn.TransformerDecoderLayer(d, cfg.decoder_nhead or cfg.nhead,
-                                           cfg.decoder_feedforward or cfg.dim_feedforward, cfg.dropout, batch_first=True)
+        layer = nn.TransformerDecoderLayer(d, cfg.decoder_heads, cfg.decoder_width, cfg.dropout, batch_first=True)
         self.decoder = nn.TransformerDecoder(layer, cfg.decoder_layers, norm=nn.LayerNorm(d))
         _xavier(self.decoder)
         self.head = nn.Linear(d, cfg.vocab_size, bias=False)
@@ -137,8 +121,8 @@ class SignTranslator(nn.Module):
         with torch.no_grad():
             self.embed.weight[PAD_ID].zero_()
 
-    def num_parameters(self) -> int:
-        """Measured count of trainable parameters (tied weights counted once)."""
+    def trainable_parameters(self) -> int:
+        """Measured count of trainable parameters (tied weights counted once): a trial's `params`."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     def transformer_parameters(self) -> int:
@@ -160,12 +144,3 @@ class SignTranslator(nn.Module):
 
     def forward(self, src: torch.Tensor, src_pad: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
         return self.decode(tgt_in, self.encode(src, src_pad), src_pad)
-
-    def greedy(self, src: torch.Tensor, src_pad: torch.Tensor, max_len: int | None = None) -> list[list[int]]:
-        """Greedy decoding of a batch, incremental (see decoding.py); token ids per clip, without <bos>/<eos>."""
-        return decoding.greedy(self, src, src_pad, max_len)
-
-    def beam(self, src: torch.Tensor, src_pad: torch.Tensor, beam_size: int = 4, max_len: int | None = None,
-             length_penalty: float = 1.0) -> list[list[int]]:
-        """Batched beam search (see decoding.py); scores are log-probs divided by length**length_penalty."""
-        return decoding.beam(self, src, src_pad, beam_size, max_len, length_penalty)

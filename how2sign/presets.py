@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 
 from .config import TrainConfig
-from .model import ConfigError
+from .rules import ConfigError
 
 _V_BIG = dict(d_model=512, nhead=8, encoder_layers=3, decoder_layers=3, dim_feedforward=2048, batch_size=32,
               epochs=70, patience=70)

@@ -19,7 +19,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,53 +28,57 @@ from torch import nn
 
 from . import checkpoint
 from .batches import subsample
-from .config import coerce, parse_text
 from .data import PackedSplit, bucket_batches, load_split
 from .device import amp_dtype, autocast, resolve_device
 from .encoder_file import ENCODER_FILE, FeatureLayout, save_encoder
-from .model import ConfigError, ModelConfig, PoseEncoder, check_heads
+from .model import ModelConfig, PoseEncoder
 from .progress import EpochProgress
+from .rules import (
+    AT_LEAST_ONE,
+    NON_NEGATIVE,
+    POSITIVE,
+    UNIT,
+    ConfigError,
+    Rule,
+    Settings,
+    check_heads,
+    check_lr,
+    setting,
+)
 
 CHECKPOINT = "pretrain_checkpoint.pt"
 VAL_MASK_SEED = 7919  # val masks are fixed, so epochs and runs are compared on the same hidden keypoints
 
 
 @dataclass(frozen=True)
-class PretrainConfig:
+class PretrainConfig(Settings):
     # Encoder shape: V4's, so the result initialises V4 and the frozen-encoder study as it is.
-    d_model: int = 256
-    nhead: int = 4
-    encoder_layers: int = 2
-    dim_feedforward: int = 1024
-    dropout: float = 0.1
-    max_frames: int = 512
+    d_model: int = setting(256, AT_LEAST_ONE)
+    nhead: int = setting(4, AT_LEAST_ONE)
+    encoder_layers: int = setting(2, AT_LEAST_ONE)
+    dim_feedforward: int = setting(1024, AT_LEAST_ONE)
+    dropout: float = setting(0.1, UNIT)
+    max_frames: int = setting(512, AT_LEAST_ONE)
     # Optimisation: AdamW, cosine lr -> lr_min over the epochs.
-    batch_size: int = 64
-    lr: float = 5e-4
-    lr_min: float = 1e-6
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    epochs: int = 30
-    seed: int = 0
+    batch_size: int = setting(64, AT_LEAST_ONE)
+    lr: float = setting(5e-4, POSITIVE)
+    lr_min: float = setting(1e-6, NON_NEGATIVE)
+    weight_decay: float = setting(0.01, NON_NEGATIVE)
+    grad_clip: float = setting(1.0, NON_NEGATIVE)
+    epochs: int = setting(30, AT_LEAST_ONE)
+    seed: int = setting(0, Rule(low=0, high=2**64 - 1))
     # Masking: this share of frames in spans of span_min..span_max frames; hand_drop of the remaining
     # frames lose one whole hand.
-    mask_ratio: float = 0.5
-    span_min: int = 4
-    span_max: int = 8
-    hand_drop: float = 0.15
+    mask_ratio: float = setting(0.5, UNIT)
+    span_min: int = setting(4, AT_LEAST_ONE)
+    span_max: int = setting(8, AT_LEAST_ONE)
+    hand_drop: float = setting(0.15, UNIT)
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         check_heads(self.d_model, self.nhead)
-        for key in ("encoder_layers", "dim_feedforward", "max_frames", "batch_size", "epochs", "span_min"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
+        check_lr(self.lr, self.lr_min)
         if self.span_max < self.span_min:
             raise ConfigError(f"span_max {self.span_max} is below span_min {self.span_min}")
-        for key in ("dropout", "mask_ratio", "hand_drop"):
-            if not 0.0 <= getattr(self, key) < 1.0:
-                raise ConfigError(f"{key} must be in [0, 1), got {getattr(self, key)}")
-        if self.lr <= 0 or not 0 <= self.lr_min <= self.lr:
-            raise ConfigError(f"need 0 <= lr_min <= lr and lr > 0, got lr={self.lr}, lr_min={self.lr_min}")
 
     def model_config(self, input_dim: int) -> ModelConfig:
         # The encoder reads none of the decoder fields; they only need legal values.
@@ -82,23 +86,6 @@ class PretrainConfig:
                            encoder_layers=self.encoder_layers, decoder_layers=1,
                            dim_feedforward=self.dim_feedforward, dropout=self.dropout,
                            max_frames=self.max_frames, max_tokens=3)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def with_sets(self, assignments: list[str], where: str = "--set") -> PretrainConfig:
-        types_ = {f.name: f.type for f in fields(self)}
-        hints = {"int": int, "float": float, "bool": bool, "str": str}
-        values = {}
-        for item in assignments:
-            key, sep, text = item.partition("=")
-            key = key.strip()
-            if not sep or key not in types_:
-                raise ConfigError(f"{where}: expected key=value with a PretrainConfig key "
-                                  f"({', '.join(types_)}), got {item!r}")
-            typ = hints[str(types_[key])]
-            values[key] = coerce(key, parse_text(key, text.strip(), typ, where), typ, where)
-        return PretrainConfig(**{**self.to_dict(), **values})
 
 
 # --------------------------------------------------------------------------- masking and the baseline

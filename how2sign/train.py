@@ -184,7 +184,7 @@ class Run:
         n_train = len(data.train)
         subset = np.random.default_rng(cfg.seed).permutation(n_train)[: max(1, round(cfg.train_fraction * n_train))]
         subset = np.sort(subset)
-        meta = {"params": model.num_parameters(), "device": str(dev), "fingerprint": data.fingerprint,
+        meta = {"params": model.trainable_parameters(), "device": str(dev), "fingerprint": data.fingerprint,
                 "train_config": cfg.to_dict(), "model_config": model.cfg.to_dict()}
         batchers = (Batcher(data.train, data.vocab, cfg, pad_to=pad_to, pin=pin),
                     Batcher(data.val, data.vocab, cfg, pad_to=pad_to, pin=pin))

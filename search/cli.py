@@ -32,7 +32,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object for
 def user_errors() -> tuple[type[Exception], ...]:
     from how2sign.checkpoint import CheckpointError
     from how2sign.data import DataError
-    from how2sign.model import ConfigError
+    from how2sign.rules import ConfigError
 
     from .errors import UserError
 

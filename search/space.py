@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from how2sign.config import TrainConfig
-from how2sign.model import ConfigError
+from how2sign.rules import ConfigError
 
 from .spec import ENCODER_PARAM, StudySpec
 
@@ -27,7 +27,7 @@ def suggest(trial, p) -> object:
 def config_from_trial(trial, spec: StudySpec) -> TrainConfig:
     """The study's fixed [train] settings, then one suggested value per [space] parameter.
 
-    Raises how2sign.model.ConfigError when the sampled values cannot form a model (for example a
+    Raises how2sign.rules.ConfigError when the sampled values cannot form a model (for example a
     d_model that this nhead does not divide); the worker records that as the trial's fail_reason.
     """
     values = {p.name: suggest(trial, p) for p in spec.space}

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from how2sign.config import TrainConfig, coerce
+from how2sign.config import TrainConfig
 from how2sign.evaluate import Criteria
-from how2sign.model import ALLOWED_HEADS, ConfigError
+from how2sign.rules import ALLOWED_HEADS, ConfigError, coerce
 
 from .errors import UserError
 

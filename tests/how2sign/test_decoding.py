@@ -25,10 +25,12 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-def random_model(seed: int, *, d_model=32, nhead=4, layers=2, vocab=24, max_tokens=16, input_dim=6) -> SignTranslator:
+def random_model(seed: int, *, d_model=32, nhead=4, layers=2, vocab=24, max_tokens=16, input_dim=6,
+                 decoder_nhead=0, decoder_feedforward=0) -> SignTranslator:
     torch.manual_seed(seed)
     cfg = TrainConfig(d_model=d_model, nhead=nhead, encoder_layers=1, decoder_layers=layers,
-                      dim_feedforward=64, dropout=0.1, max_tokens=max_tokens)
+                      dim_feedforward=64, dropout=0.1, max_tokens=max_tokens, decoder_nhead=decoder_nhead,
+                      decoder_feedforward=decoder_feedforward)
     m = SignTranslator(cfg.model_config(input_dim=input_dim, vocab_size=vocab))
     with torch.no_grad():  # sharper, more varied distributions than the initialisation, EOS reachable
         for p in m.decoder.parameters():
@@ -123,7 +125,7 @@ def test_incremental_greedy_matches_full_recomputation(seed):
     m = random_model(seed, layers=1 + seed % 2, nhead=(2, 4, 8)[seed % 3])
     src, pad = random_batch(100 + seed)
     for max_len in (2, 6, 16):
-        assert m.greedy(src, pad, max_len=max_len) == reference_greedy(m, src, pad, max_len)
+        assert decoding.greedy(m, src, pad, max_len=max_len) == reference_greedy(m, src, pad, max_len)
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -131,8 +133,41 @@ def test_batched_beam_matches_the_per_clip_algorithm(seed):
     m = random_model(seed, layers=1 + seed % 2)
     src, pad = random_batch(200 + seed, B=4)
     for beam_size, max_len, lp in ((2, 8, 1.0), (4, 16, 1.0), (3, 12, 0.6), (4, 3, 1.0)):
-        got = m.beam(src, pad, beam_size=beam_size, max_len=max_len, length_penalty=lp)
+        got = decoding.beam(m, src, pad, beam_size=beam_size, max_len=max_len, length_penalty=lp)
         assert got == reference_beam(m, src, pad, beam_size, max_len, lp), (beam_size, max_len, lp)
+
+
+# The decoder's own shape (a frozen-encoder study searches decoder_nhead and decoder_feedforward around a
+# fixed encoder): the caches must split keys and values by the decoder's heads, not the encoder's.
+DECODER_SHAPES = [(4, 8, 0), (4, 2, 0), (8, 1, 128), (2, 16, 32), (4, 0, 256)]
+
+
+@pytest.mark.parametrize("nhead, decoder_nhead, decoder_feedforward", DECODER_SHAPES)
+def test_decoding_with_the_decoders_own_heads_and_width_matches_full_recomputation(nhead, decoder_nhead,
+                                                                                  decoder_feedforward):
+    for seed in range(3):
+        m = random_model(seed, nhead=nhead, decoder_nhead=decoder_nhead, decoder_feedforward=decoder_feedforward)
+        layer = m.decoder.layers[0]
+        assert layer.self_attn.num_heads == m.cfg.decoder_heads == (decoder_nhead or nhead)
+        assert layer.linear1.out_features == (decoder_feedforward or 64)
+        src, pad = random_batch(300 + seed)
+        for max_len in (6, 16):
+            assert decoding.greedy(m, src, pad, max_len=max_len) == reference_greedy(m, src, pad, max_len)
+        for beam_size in (2, 4):
+            got = decoding.beam(m, src, pad, beam_size=beam_size, max_len=12)
+            assert got == reference_beam(m, src, pad, beam_size, 12, 1.0)
+
+
+def test_a_trained_decoder_with_its_own_heads_gets_the_same_bleu_as_full_recomputation(corpus, tiny_cfg, tmp_path,
+                                                                                      monkeypatch):
+    cfg = tiny_cfg.with_sets(["epochs=2", "decoder_nhead=8", "decoder_feedforward=128"])
+    train(cfg, TrainData.load(corpus), tmp_path / "r", device="cpu")
+    best = tmp_path / "r" / checkpoint.BEST
+    incremental = evaluate_checkpoint(best, corpus, "val")
+    monkeypatch.setattr(decoding, "greedy", lambda m, src, pad, max_len=None: reference_greedy(
+        m, src, pad, decoding.decode_limit(m, max_len)))
+    full = evaluate_checkpoint(best, corpus, "val")
+    assert incremental.hypotheses == full.hypotheses and incremental.bleu == full.bleu
 
 
 def eos_bias(m: SignTranslator, bias: float) -> None:
@@ -150,8 +185,8 @@ def test_beam_collects_finished_hypotheses_like_the_per_clip_algorithm(bias):
     eos_bias(m, bias)  # many early <eos>: finished lists fill up, clips stop at different steps
     src, pad = random_batch(5, B=6)
     for K in (2, 4):
-        assert m.beam(src, pad, beam_size=K) == reference_beam(m, src, pad, K, m.cfg.max_tokens)
-    assert m.greedy(src, pad) == reference_greedy(m, src, pad, m.cfg.max_tokens)
+        assert decoding.beam(m, src, pad, beam_size=K) == reference_beam(m, src, pad, K, m.cfg.max_tokens)
+    assert decoding.greedy(m, src, pad) == reference_greedy(m, src, pad, m.cfg.max_tokens)
 
 
 def test_max_length_cap_is_respected():
@@ -159,11 +194,11 @@ def test_max_length_cap_is_respected():
     eos_bias(m, -math.inf)  # <eos> never wins: every hypothesis runs to the cap
     src, pad = random_batch(9, B=3)
     for cap in (2, 5, 9):
-        assert [len(x) for x in m.greedy(src, pad, max_len=cap)] == [cap - 1] * 3
-        b = m.beam(src, pad, beam_size=3, max_len=cap)
+        assert [len(x) for x in decoding.greedy(m, src, pad, max_len=cap)] == [cap - 1] * 3
+        b = decoding.beam(m, src, pad, beam_size=3, max_len=cap)
         assert b == reference_beam(m, src, pad, 3, cap) and all(len(x) <= cap - 1 for x in b)
     # Never past the positional table: max_tokens bounds any larger request.
-    assert all(len(x) == m.cfg.max_tokens - 1 for x in m.greedy(src, pad, max_len=10 * m.cfg.max_tokens))
+    assert all(len(x) == m.cfg.max_tokens - 1 for x in decoding.greedy(m, src, pad, max_len=10 * m.cfg.max_tokens))
 
 
 def test_ties_are_broken_like_the_per_clip_algorithm():
@@ -172,8 +207,8 @@ def test_ties_are_broken_like_the_per_clip_algorithm():
     m.head.register_forward_hook(lambda _m, _i, out: out.round())
     src, pad = random_batch(11, B=6)
     for K, lp in ((3, 1.0), (4, 0.0), (4, 1.0)):
-        assert m.beam(src, pad, beam_size=K, length_penalty=lp) == reference_beam(m, src, pad, K, 16, lp)
-    assert m.greedy(src, pad) == reference_greedy(m, src, pad, 16)
+        assert decoding.beam(m, src, pad, beam_size=K, length_penalty=lp) == reference_beam(m, src, pad, K, 16, lp)
+    assert decoding.greedy(m, src, pad) == reference_greedy(m, src, pad, 16)
 
 
 def test_evaluation_decodes_up_to_the_longest_training_target_plus_a_margin(corpus, tiny_cfg, tmp_path):

@@ -130,7 +130,7 @@ def test_frozen_encoder_stays_bit_identical_through_training(pretrained, tiny_cf
         enc = {k[len("encoder."):]: v for k, v in ck["model"].items() if k.startswith("encoder.")}
         assert same(enc, saved)
     full = SignTranslator(cfg.model_config(data.input_dim, len(data.vocab)))
-    assert r.params == full.num_parameters() - full.encoder.num_parameters()  # trainable only
+    assert r.params == full.trainable_parameters() - sum(p.numel() for p in full.encoder.parameters())  # trainable only
 
 
 def test_cached_outputs_give_the_same_losses_and_skip_the_encoder(corpus, tiny_cfg, tmp_path, monkeypatch):

@@ -10,9 +10,10 @@ import torch
 
 from how2sign import checkpoint
 from how2sign.batches import Batcher, TrainData
-from how2sign.config import FIELD_RULES, Phase, TrainConfig
+from how2sign.config import Phase, TrainConfig
 from how2sign.features import AUGMENT_RULES, augment
-from how2sign.model import ConfigError, SignTranslator
+from how2sign.model import SignTranslator
+from how2sign.rules import ConfigError
 from how2sign.run_metrics import BestEpoch, MetricsError, RunMetrics, best_epoch_of
 from how2sign.train import evaluate_loss, token_loss
 from how2sign.vocab import PAD_ID
@@ -39,11 +40,11 @@ def test_config_and_augment_accept_exactly_the_same_knob_values(knob, value):
         config_ok = True
     except ConfigError:
         config_ok = False
-    assert config_ok == augment_ok == FIELD_RULES[f"aug_{knob}"].admits(value)
+    assert config_ok == augment_ok == TrainConfig.rules()[f"aug_{knob}"].admits(value)
 
 
 def test_every_field_has_one_rule_and_check_value_applies_it():
-    assert set(FIELD_RULES) == {f.name for f in dataclasses.fields(TrainConfig)}
+    assert set(TrainConfig.rules()) == {f.name for f in dataclasses.fields(TrainConfig)}
     assert TrainConfig.check_value("lr", 1) == 1.0  # ints are accepted for floats
     assert TrainConfig.check_value("scheduler", "plateau") == "plateau"
     for key, value, text in [("aug_speed", 1.5, "aug_speed must be in [0, 1)"), ("epochs", 0, "epochs must be >= 1"),

@@ -79,7 +79,8 @@ def test_sqlite_cuts_the_default_plan_but_refuses_an_explicit_one(tmp_path):
 
 
 @pytest.mark.parametrize("kw", [{}, {"d_model": 512, "nhead": 8, "encoder_layers": 4, "decoder_layers": 1},
-                                {"d_model": 64, "dim_feedforward": 128, "decoder_layers": 3}])
+                                {"d_model": 64, "dim_feedforward": 128, "decoder_layers": 3},
+                                {"nhead": 4, "decoder_nhead": 8, "decoder_feedforward": 256}])
 def test_parameter_count_matches_the_model(kw):
     cfg = TrainConfig(**kw)
     model = SignTranslator(cfg.model_config(HOW2SIGN_INPUT, 500))
