@@ -98,7 +98,7 @@ def _gpu_like(epoch_seconds: float, seed: int):
     rng = random.Random(seed)
 
     from how2sign.run_metrics import RunMetrics
-    from how2sign.train import TrainResult
+    from how2sign.train import Ending, TrainResult
 
     def train(cfg, data, out, *, device="cpu", resume=False, report=None, should_stop=None, on_epoch=None, **_):
         out = Path(out)
@@ -121,7 +121,7 @@ def _gpu_like(epoch_seconds: float, seed: int):
         best = state["history"][state["best_epoch"] - 1]
         return TrainResult(best_val_loss=state["best_val_loss"], best_epoch=state["best_epoch"],
                            train_loss=best["train_loss"], gap=0.05, epochs_run=cfg.total_epochs, params=30784,
-                           stopped_early=False, interrupted=False, seconds=time.perf_counter() - t0,
+                           ending=Ending.BUDGET, seconds=time.perf_counter() - t0,
                            frames_per_second=1000.0, device="cpu", out_dir=str(out), resumed_from_epoch=None,
                            history=state["history"], seconds_train=epoch_seconds * cfg.total_epochs)
 

@@ -11,6 +11,7 @@ thread, with the fused AdamW (foreach on the CPU). Checkpoints are written on a 
 from __future__ import annotations
 
 import contextlib
+import enum
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -32,7 +33,7 @@ from .progress import EpochProgress
 from .run_metrics import RunMetrics
 from .vocab import PAD_ID
 
-__all__ = ["NonFiniteLoss", "TrainConfig", "TrainResult", "TrainTimes", "train"]
+__all__ = ["Ending", "NonFiniteLoss", "TrainConfig", "TrainResult", "TrainTimes", "train"]
 
 
 class NonFiniteLoss(RuntimeError):
@@ -57,6 +58,14 @@ class TrainTimes:
             setattr(self, kind, getattr(self, kind) + time.perf_counter() - t0)
 
 
+class Ending(enum.Enum):
+    """How a train() call ended."""
+
+    BUDGET = "epoch budget"           # every epoch of the budget ran
+    EARLY_STOP = "early stopping"     # patience ran out
+    INTERRUPTED = "interrupted"       # should_stop() asked; the half epoch was not checkpointed
+
+
 @dataclass
 class TrainResult:
     best_val_loss: float
@@ -65,8 +74,7 @@ class TrainResult:
     gap: float                 # val - train at the best epoch
     epochs_run: int
     params: int
-    stopped_early: bool
-    interrupted: bool
+    ending: Ending
     seconds: float             # wall time of train()
     frames_per_second: float
     device: str
@@ -77,6 +85,14 @@ class TrainResult:
     seconds_train: float = field(default=0.0, kw_only=True)       # optimisation loops
     seconds_validate: float = field(default=0.0, kw_only=True)    # validation loss
     seconds_checkpoint: float = field(default=0.0, kw_only=True)  # checkpoints + metrics.json, as waited for
+
+    @property
+    def stopped_early(self) -> bool:
+        return self.ending is Ending.EARLY_STOP
+
+    @property
+    def interrupted(self) -> bool:
+        return self.ending is Ending.INTERRUPTED
 
     @property
     def seconds_other(self) -> float:
@@ -262,6 +278,18 @@ def save_checkpoints(run: Run, state: TrainState, improved: bool, writer: checkp
     writer.submit(checkpoint.save_run, run.out, ck, best=improved, metrics=metrics)
 
 
+@dataclass
+class Hooks:
+    """train()'s callbacks (see train)."""
+
+    report: Callable[[int, float], None] | None = None
+    should_stop: Callable[[], bool] | None = None
+    on_epoch: Callable[[dict], None] | None = None
+
+    def stop(self) -> bool:
+        return bool(self.should_stop and self.should_stop())
+
+
 def train(cfg: TrainConfig, data: TrainData, out_dir: Path, *, device: str = "auto", amp: str = "auto",
           resume: bool | Path = False, report: Callable[[int, float], None] | None = None,
           should_stop: Callable[[], bool] | None = None, on_epoch: Callable[[dict], None] | None = None,
@@ -277,31 +305,9 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: Path, *, device: str = "au
     run = Run.build(cfg, data, Path(out_dir), device, amp)
     state = run.resume(resume)
     resumed_from = state.epoch or None  # a checkpoint holds at least one finished epoch
-    writer, bar, ended = checkpoint.BackgroundWriter(), EpochProgress(progress, cfg.total_epochs, state.epoch), ""
+    writer, bar = checkpoint.BackgroundWriter(), EpochProgress(progress, cfg.total_epochs, state.epoch)
     try:
-        for epoch in range(state.epoch + 1, cfg.total_epochs + 1):
-            phase = cfg.phase(epoch)
-            if phase.reset_patience:
-                state.bad_epochs = 0
-            with times.clock("train"):
-                loop = None if should_stop and should_stop() else train_epoch(run, epoch, phase, should_stop, bar)
-            if loop is None:
-                ended = "interrupted"  # a half epoch is not checkpointed: resume restarts it from the last one
-                break
-            with times.clock("validate"):
-                val_loss = validate(run, epoch)
-            record = end_epoch(run, epoch, loop, val_loss)
-            improved = state.end_epoch(record, cfg.min_delta)
-            with times.clock("checkpoint"):
-                save_checkpoints(run, state, improved, writer)
-            bar.end_epoch(f"train {record['train_loss']:.3f}  val {record['val_loss']:.3f}  best {state.best_val_loss:.3f}")
-            if on_epoch:
-                on_epoch(record)
-            if report:
-                report(epoch, record["val_loss"])
-            if state.bad_epochs >= cfg.patience and phase.may_stop_early:
-                ended = "stopped_early"
-                break
+        ending = _epochs(run, state, writer, bar, times, Hooks(report, should_stop, on_epoch))
     except BaseException:
         with times.clock("checkpoint"):
             writer.wait(raise_errors=False)  # the epoch's files are on disk before the error leaves
@@ -310,19 +316,45 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: Path, *, device: str = "au
         bar.close()
     with times.clock("checkpoint"):
         writer.wait()
-    return _result(run, state, times, time.perf_counter() - t_start, ended, resumed_from)
+    return _result(run, state, times, time.perf_counter() - t_start, ending, resumed_from)
 
 
-def _result(run: Run, state: TrainState, times: TrainTimes, seconds: float, ended: str,
+def _epochs(run: Run, state: TrainState, writer: checkpoint.BackgroundWriter, bar: EpochProgress,
+            times: TrainTimes, hooks: Hooks) -> Ending:
+    """The epoch loop, from the epoch after the restored state's; returns how it ended."""
+    cfg = run.cfg
+    for epoch in range(state.epoch + 1, cfg.total_epochs + 1):
+        phase = cfg.phase(epoch)
+        if phase.reset_patience:
+            state.bad_epochs = 0
+        with times.clock("train"):
+            loop = None if hooks.stop() else train_epoch(run, epoch, phase, hooks.should_stop, bar)
+        if loop is None:
+            return Ending.INTERRUPTED  # a half epoch is not checkpointed: resume restarts it from the last one
+        with times.clock("validate"):
+            val_loss = validate(run, epoch)
+        record = end_epoch(run, epoch, loop, val_loss)
+        improved = state.end_epoch(record, cfg.min_delta)
+        with times.clock("checkpoint"):
+            save_checkpoints(run, state, improved, writer)
+        bar.end_epoch(f"train {record['train_loss']:.3f}  val {record['val_loss']:.3f}  best {state.best_val_loss:.3f}")
+        if hooks.on_epoch:
+            hooks.on_epoch(record)
+        if hooks.report:
+            hooks.report(epoch, record["val_loss"])
+        if state.bad_epochs >= cfg.patience and phase.may_stop_early:
+            return Ending.EARLY_STOP
+    return Ending.BUDGET
+
+
+def _result(run: Run, state: TrainState, times: TrainTimes, seconds: float, ending: Ending,
             resumed_from: int | None) -> TrainResult:
     best = state.best
     return TrainResult(
         best_val_loss=state.best_val_loss, best_epoch=state.best_epoch,
         train_loss=best.train_loss if best else math.nan, gap=best.gap if best else math.nan,
-        epochs_run=state.epoch, params=run.meta["params"], stopped_early=ended == "stopped_early",
-        interrupted=ended == "interrupted", seconds=seconds, seconds_train=times.train,
-        seconds_validate=times.validate, seconds_checkpoint=times.checkpoint,
+        epochs_run=state.epoch, params=run.meta["params"], ending=ending, seconds=seconds,
+        seconds_train=times.train, seconds_validate=times.validate, seconds_checkpoint=times.checkpoint,
         frames_per_second=run.frames / max(run.loop_seconds, 1e-9), device=str(run.dev), out_dir=str(run.out),
         resumed_from_epoch=resumed_from, history=state.history,
     )
-

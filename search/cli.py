@@ -168,8 +168,7 @@ def train(
     say_data(choice)
     result, _ = run_training(cfg, choice.root, out_dir, device=device, resume=resume,
                              progress=sys.stderr.isatty())
-    how = "early stopping" if result.stopped_early else "interrupted" if result.interrupted else "epoch budget"
-    out.print(f"{preset}: {result.params:,} parameters on {result.device}; {result.epochs_run} epochs ({how}); "
+    out.print(f"{preset}: {result.params:,} parameters on {result.device}; {result.epochs_run} epochs ({result.ending.value}); "
               f"best val_loss {result.best_val_loss:.4f} at epoch {result.best_epoch}, gap {result.gap:.3f}; "
               f"{result.seconds:.1f}s, {result.frames_per_second:,.0f} frames/s", highlight=False)
     out.print(f"checkpoints: {result.best_checkpoint} (best), {result.last_checkpoint} (last)", highlight=False)

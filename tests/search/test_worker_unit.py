@@ -16,7 +16,7 @@ import pytest
 from optuna.trial import TrialState
 
 from how2sign.run_metrics import RunMetrics
-from how2sign.train import NonFiniteLoss, TrainResult
+from how2sign.train import Ending, NonFiniteLoss, TrainResult
 from search.records import TrialRecord
 from search.spec import parse
 from search.study import Admission, Opened
@@ -79,8 +79,8 @@ class FakeTraining:
                 report(epoch, val)
         best = state["history"][state["best_epoch"] - 1]
         return TrainResult(best_val_loss=best["val_loss"], best_epoch=best["epoch"], train_loss=best["train_loss"],
-                           gap=0.1, epochs_run=cfg.total_epochs, params=1234, stopped_early=False,
-                           interrupted=False, seconds=train_s + val_s, frames_per_second=100.0, device="cpu",
+                           gap=0.1, epochs_run=cfg.total_epochs, params=1234, ending=Ending.BUDGET,
+                           seconds=train_s + val_s, frames_per_second=100.0, device="cpu",
                            out_dir=str(out), resumed_from_epoch=None, history=state["history"],
                            seconds_train=train_s, seconds_validate=val_s)
 
