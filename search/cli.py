@@ -305,14 +305,10 @@ def worker(
     worker_index: Annotated[int | None, typer.Option(help="This worker's number; offsets the sampler seed (default: the study's next number).", hidden=True)] = None,
 ):
     """Join a study from the database and run trials until its budget is spent."""
-    from how2sign.jobs import choose_data
-
     from .worker import WorkerSettings, run_worker
 
-    choice = choose_data(data)
-    err.print(f"worker{'' if worker_index is None else f' {worker_index}'}: {choice.describe()}", highlight=False)
     # Without --worker-index the study numbers its workers (0, 1, ... across machines), so seeds differ.
-    settings = WorkerSettings(study=study, storage=storage, data_root=choice.root, device=device,
+    settings = WorkerSettings(study=study, storage=storage, data_root=data, device=device,
                               n_trials=n_trials, checkpoint_dir=checkpoint_dir, worker_index=worker_index,
                               artifact_dir=artifact_dir)
     log = _WorkerLog(worker_index)
@@ -416,13 +412,10 @@ def reproduce(
     as_json: JsonOpt = False,
 ):
     """Re-run a trial from its record and compare the recorded validation loss with the new one."""
-    from how2sign.jobs import choose_data
-
     from .reproduce import reproduce as run_reproduce
 
-    choice = choose_data(data)
-    say_data(choice, as_json)
-    r = run_reproduce(study, trial, storage=storage, data_root=choice.root, out_dir=out_dir, device=device)
+    r = run_reproduce(study, trial, storage=storage, data=data, out_dir=out_dir, device=device,
+                      say=lambda choice: say_data(choice, as_json))
     if as_json:
         print(json.dumps(r))
         return

@@ -22,9 +22,9 @@ from how2sign.data import h2s_home, load_split
 from how2sign.encoder_file import ENCODER_FILE, EncoderFileError, FeatureLayout, check_encoder, read_encoder
 from how2sign.jobs import DataChoice
 
+from .arms import BY_NAME
 from .spec import StudySpec, parse
 
-PRETRAINED_ARMS = ("pretrained-frozen", "pretrained-finetuned")
 DEMO_PRETRAIN_EPOCHS = 5  # the built-in corpus: minutes on a CPU, once
 DONE = "complete"
 
@@ -34,7 +34,7 @@ def ensure_encoder(spec: StudySpec, choice: DataChoice, *, say=print, device: st
     base = spec.base_config()
     if base.encoder_init:
         check_file(Path(base.encoder_init), base, choice.root, f"{spec.source} [train] encoder_init")
-    if not any(arm in PRETRAINED_ARMS for arm in spec.encoder_arms):
+    if not any(BY_NAME[arm].pretrained for arm in spec.encoder_arms):
         return spec
     if spec.encoder_init:
         path = Path(spec.encoder_init).expanduser()
@@ -55,7 +55,7 @@ def check_study_encoder(spec: StudySpec, root: Path) -> None:
     base = spec.base_config()
     if base.encoder_init:
         check_file(Path(base.encoder_init), base, root, f"study {spec.name!r} [train] encoder_init")
-    if spec.encoder_init and any(arm in PRETRAINED_ARMS for arm in spec.encoder_arms):
+    if spec.encoder_init and any(BY_NAME[arm].pretrained for arm in spec.encoder_arms):
         check_file(Path(spec.encoder_init), base, root, f"study {spec.name!r}: encoder_init")
 
 

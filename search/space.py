@@ -5,15 +5,8 @@ from __future__ import annotations
 from how2sign.config import TrainConfig
 from how2sign.rules import ConfigError
 
-from .spec import ENCODER_PARAM, StudySpec
-
-# What each value of the `encoder` parameter sets; "{init}" is the study's encoder file.
-ENCODER_ARM_FIELDS = {
-    "scratch": {"encoder_init": "", "freeze_encoder": False, "encoder_lr_scale": 1.0},
-    "pretrained-frozen": {"encoder_init": "{init}", "freeze_encoder": True, "encoder_lr_scale": 1.0},
-    "random-frozen": {"encoder_init": "", "freeze_encoder": True, "encoder_lr_scale": 1.0},  # the control
-    "pretrained-finetuned": {"encoder_init": "{init}", "freeze_encoder": False, "encoder_lr_scale": 0.1},
-}
+from .arms import BY_NAME, ENCODER_PARAM
+from .spec import StudySpec
 
 
 def suggest(trial, p) -> object:
@@ -37,10 +30,8 @@ def config_from_trial(trial, spec: StudySpec) -> TrainConfig:
 
 
 def encoder_fields(arm: str, spec: StudySpec) -> dict:
-    """The TrainConfig fields of one `encoder` arm."""
-    fields = dict(ENCODER_ARM_FIELDS[arm])
-    if fields["encoder_init"]:
-        if not spec.encoder_init:
-            raise ConfigError(f"encoder={arm} needs the study's encoder_init; `h2s-search start` sets it")
-        fields["encoder_init"] = spec.encoder_init
-    return fields
+    """The TrainConfig fields of one `encoder` arm (search/arms.py)."""
+    chosen = BY_NAME[arm]
+    if chosen.pretrained and not spec.encoder_init:
+        raise ConfigError(f"encoder={arm} needs the study's encoder_init; `h2s-search start` sets it")
+    return chosen.fields(spec.encoder_init)

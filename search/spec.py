@@ -16,7 +16,9 @@ from how2sign.config import TrainConfig
 from how2sign.evaluate import Criteria
 from how2sign.rules import ALLOWED_HEADS, ConfigError, coerce
 
+from .arms import ARM_NAMES, ENCODER_PARAM
 from .errors import UserError
+from .paths import check_name
 
 PRUNERS = {"hyperband": ("min_resource", "reduction_factor", "bootstrap_count"),
            "asha": ("min_resource", "reduction_factor", "min_early_stopping_rate", "bootstrap_count"),
@@ -27,10 +29,6 @@ SAMPLERS = {"tpe": ("n_startup_trials", "n_ei_candidates", "multivariate", "cons
 METRICS = ("val_loss", "params", "bleu", "chrf", "gap")
 TOP_KEYS = {"name", "description", "direction", "directions", "metric", "metrics", "n_trials", "timeout",
             "train", "space", "anchor", "pruner", "sampler", "criteria", "constraint", "demo", "encoder_init"}
-# The one [space] name that is not a TrainConfig field: which encoder a trial starts from (search/space.py
-# maps each arm to encoder_init / freeze_encoder / encoder_lr_scale).
-ENCODER_PARAM = "encoder"
-ENCODER_ARMS = ("scratch", "pretrained-frozen", "random-frozen", "pretrained-finetuned")
 
 
 class SpecError(UserError):
@@ -156,19 +154,19 @@ def _param(name: str, t: dict, types_: dict, where: str) -> Param:
 
 def _encoder_param(t, w: str) -> Param:
     if not isinstance(t, dict) or t.get("type") != "categorical":
-        raise SpecError(f"{w}: must be {{type = \"categorical\", choices = [...]}} over {', '.join(ENCODER_ARMS)}")
+        raise SpecError(f"{w}: must be {{type = \"categorical\", choices = [...]}} over {', '.join(ARM_NAMES)}")
     _no_unknown(t, {"type", "choices"}, w)
     choices = _take(t, "choices", list, w, required=True)
-    bad = [c for c in choices if c not in ENCODER_ARMS]
+    bad = [c for c in choices if c not in ARM_NAMES]
     if not choices or bad:
-        raise SpecError(f"{w}: choices must be among {', '.join(ENCODER_ARMS)}, got {bad[0] if bad else 'none'!r}")
+        raise SpecError(f"{w}: choices must be among {', '.join(ARM_NAMES)}, got {bad[0] if bad else 'none'!r}")
     return Param(ENCODER_PARAM, "categorical", choices=tuple(choices))
 
 
 def _check_value(name: str, value, typ: type, where: str):
     if name == ENCODER_PARAM:
-        if value not in ENCODER_ARMS:
-            raise SpecError(f"{where}: encoder must be one of {', '.join(ENCODER_ARMS)}, got {value!r}")
+        if value not in ARM_NAMES:
+            raise SpecError(f"{where}: encoder must be one of {', '.join(ARM_NAMES)}, got {value!r}")
         return value
     try:
         return coerce(name, value, typ, where)
@@ -297,7 +295,7 @@ def _demo(raw: dict, base: TrainConfig, source: str) -> dict:
 def parse(raw: dict, source: str) -> StudySpec:
     """Validate a study definition (a TOML document as a dict)."""
     _no_unknown(raw, TOP_KEYS, source)
-    name = _take(raw, "name", str, source, required=True)
+    name = check_name(_take(raw, "name", str, source, required=True), f"{source}: name")
     description = _take(raw, "description", str, source, default="")
     directions, metrics = _objectives(raw, source)
     n_trials = _take(raw, "n_trials", int, source, default=20)

@@ -16,8 +16,9 @@ from optuna.trial import TrialState
 from how2sign import __version__
 
 from .errors import UserError
+from .paths import check_name
 from .records import STUDY_STORED_AS, UNSET, StudyRecord, TrialRecord
-from .spec import StudySpec, parse
+from .spec import StudySpec, load_spec, parse
 from .storage import RETRY_HISTORY, creation_lock, open_storage, parse_url, resolve_url, storage_errors
 
 
@@ -118,39 +119,53 @@ def create_or_load(url: str | None, spec: StudySpec, fingerprint: str, data_desc
     with creation_lock(url, spec.name):
         storage = open_storage(url, cache=True)
         with storage_errors(u):
-            sid = _study_id(storage, spec.name)
-            created = sid is None
+            created = _study_id(storage, spec.name) is None
             if created:
-                study = optuna.create_study(study_name=spec.name, storage=storage,
-                                            directions=list(spec.directions))
-                with warnings.catch_warnings():  # experimental in Optuna; silenced here only
-                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    study.set_metric_names(list(spec.metrics))
-                note = (f"Trial with user attribute anchor=true is the {spec.anchor_name} setting, enqueued once "
-                        "as the reference.") if spec.anchor_name else UNSET
-                StudyRecord(spec=spec.raw, fingerprint=fingerprint, budget=n_trials or spec.n_trials,
-                            data=data_desc, h2s_version=__version__, optuna_version=optuna.__version__,
-                            anchor_note=note).write(study)
-                from .artifacts import write_study_note
-
-                write_study_note(study, spec)  # optuna-dashboard's study note: what the anchor is
+                study = create(storage, spec, fingerprint, data_desc, n_trials or spec.n_trials)
             else:
-                study = optuna.load_study(study_name=spec.name, storage=storage)
-                record = StudyRecord.read(study)
-                stored = record.fingerprint
-                if stored != fingerprint:
-                    raise FingerprintMismatch(
-                        f"study {spec.name!r} was created on data with fingerprint {str(stored)[:12]}, "
-                        f"this data has {fingerprint[:12]}; use the same data or another study name")
-                spec = parse(record.spec or {}, f"study {spec.name!r} in {u.masked}")
+                study, spec = load(storage, spec.name, fingerprint, f"study {spec.name!r} in {u.masked}")
                 if n_trials is not None:
                     StudyRecord(budget=n_trials).write(study)
-            enqueued = False
-            if spec.anchor_name and not anchor_trials(study):
-                study.enqueue_trial(spec.anchor_params,
-                                    user_attrs=TrialRecord(anchor=True, anchor_name=spec.anchor_name).attrs())
-                enqueued = True
+            enqueued = ensure_anchor(study, spec)
     return Opened(study, spec, fingerprint, created, enqueued, url)
+
+
+def create(storage, spec: StudySpec, fingerprint: str, data_desc: str, budget: int, *,
+           note: bool = True, **record) -> optuna.Study:
+    """A new study holding the definition, the data's fingerprint and the budget (the caller holds the study
+    lock). `record`: more StudyRecord fields; `note`: the dashboard's note on what the anchor is."""
+    study = optuna.create_study(study_name=spec.name, storage=storage, directions=list(spec.directions))
+    with warnings.catch_warnings():  # experimental in Optuna; silenced here only
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(list(spec.metrics))
+    anchor_note = (f"Trial with user attribute anchor=true is the {spec.anchor_name} setting, enqueued once as the "
+                   "reference.") if spec.anchor_name else UNSET
+    StudyRecord(spec=spec.raw, fingerprint=fingerprint, budget=budget, data=data_desc, h2s_version=__version__,
+                optuna_version=optuna.__version__, anchor_note=anchor_note, **record).write(study)
+    if note:
+        from .artifacts import write_study_note
+
+        write_study_note(study, spec)  # optuna-dashboard's study note: what the anchor is
+    return study
+
+
+def load(storage, name: str, fingerprint: str, where: str) -> tuple[optuna.Study, StudySpec]:
+    """An existing study and its stored definition; refused when it was created on other data."""
+    study = optuna.load_study(study_name=name, storage=storage)
+    record = StudyRecord.read(study)
+    if record.fingerprint != fingerprint:
+        raise FingerprintMismatch(
+            f"study {name!r} was created on data with fingerprint {str(record.fingerprint)[:12]}, this data has "
+            f"{fingerprint[:12]}; use the same data or another study name")
+    return study, parse(record.spec or {}, where)
+
+
+def ensure_anchor(study: optuna.Study, spec: StudySpec) -> bool:
+    """Enqueue the anchor unless a trial with anchor=true exists (the caller holds the study lock)."""
+    if not spec.anchor_name or anchor_trials(study):
+        return False
+    study.enqueue_trial(spec.anchor_params, user_attrs=TrialRecord(anchor=True, anchor_name=spec.anchor_name).attrs())
+    return True
 
 
 def load_stored(url: str | None, name: str, *, worker_index: int | None = 0, heartbeat: bool = True) -> Opened:
@@ -162,6 +177,10 @@ def load_stored(url: str | None, name: str, *, worker_index: int | None = 0, hea
     """
     url = resolve_url(url)
     u = parse_url(url)
+    name = study_name(name)
+    if u.sqlite_file is not None and not u.sqlite_file.is_file():  # opening it would create an empty one
+        raise StudyNotFound(f"no study {name!r}: the database file {u.sqlite_file} does not exist; create the "
+                            "study with h2s-search start")
     with creation_lock(url, name):
         storage = open_storage(url, heartbeat=heartbeat, cache=True)
     with storage_errors(u):
@@ -178,6 +197,13 @@ def load_stored(url: str | None, name: str, *, worker_index: int | None = 0, hea
         study = optuna.load_study(study_name=name, storage=storage, sampler=build_sampler(spec, worker_index),
                                   pruner=build_pruner(spec))
     return Opened(study, spec, record.fingerprint or "", False, False, url, worker_index)
+
+
+def study_name(given: str) -> str:
+    """--study as a stored study's name: a name, or a study file's path (its `name`)."""
+    if given.endswith(".toml") or "/" in given:
+        return load_spec(given).name
+    return check_name(given, "--study")
 
 
 ATTR_JOINED = "h2s:workers_joined"
@@ -211,21 +237,6 @@ def budget_used(study: optuna.Study) -> tuple[int, int]:
     return len(counted), waiting
 
 
-class Admission:
-    """The right to start one trial: `release(number)` notes which trial it became (the first time only).
-
-    It holds no lock: the budget is enforced where the trial is created (see BudgetGate), so workers start
-    trials concurrently. Releasing again is harmless.
-    """
-
-    def __init__(self):
-        self.trial: int | None = None  # the number of the trial admitted, once released with it
-
-    def release(self, trial: int | None = None) -> None:
-        if trial is not None and self.trial is None:
-            self.trial = trial
-
-
 class BudgetGate:
     """Admits a new trial only while the study's budget has room: N trials exactly, across all workers.
 
@@ -244,8 +255,8 @@ class BudgetGate:
         stored = StudyRecord.read(self.o.study).budget
         return int(stored if stored is not None else self.o.spec.n_trials)
 
-    def enter(self) -> Admission | None:
-        """An Admission while the budget looks open, else None."""
+    def enter(self) -> bool:
+        """Whether the budget looks open for one more trial."""
         budget = self.budget()
         used, waiting = budget_used(self.o.study)
         if used >= budget and waiting == 0 and self.running():
@@ -254,9 +265,7 @@ class BudgetGate:
             # so it would stay RUNNING for ever.
             fail_stale_trials(self.o.study)
             used, waiting = budget_used(self.o.study)
-        if used >= budget and waiting == 0:
-            return None
-        return Admission()
+        return used < budget or waiting > 0
 
     def running(self) -> list[int]:
         """Numbers of RUNNING trials: with the budget spent, one of them may yet go stale and be re-queued."""

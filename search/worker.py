@@ -27,15 +27,17 @@ from how2sign.checkpoint import BEST, LAST, CheckpointError
 from how2sign.config import TrainConfig
 from how2sign.device import describe, free_memory, resolve_device
 from how2sign.evaluate import evaluate_checkpoint
+from how2sign.jobs import choose_data
 from how2sign.run_metrics import RunMetrics
 from how2sign.train import NonFiniteLoss, TrainResult, TrainTimes, train
 
 from .artifacts import note_anchor, open_store, record_trial
+from .paths import UnsafePath, inside
 from .pretrained import check_study_encoder
 from .records import UNSET, TrialRecord
 from .space import config_from_trial
 from .storage import BudgetSpent, heartbeat_settings
-from .study import Admission, BudgetGate, FingerprintMismatch, Opened, load_stored
+from .study import BudgetGate, FingerprintMismatch, Opened, load_stored
 
 CHECKPOINT_ENV = "H2S_CHECKPOINTS"
 
@@ -48,7 +50,7 @@ class TrialFailed(Exception):
 class WorkerSettings:
     study: str
     storage: str | None
-    data_root: Path
+    data_root: Path | None               # None: the built-in synthetic corpus
     device: str = "auto"
     n_trials: int | None = None          # this worker's own cap; None: until the study budget is spent
     checkpoint_dir: Path | None = None   # shared by the fleet; default ./h2s-checkpoints
@@ -65,9 +67,6 @@ class WorkerResult:
     stopped: str | None
     states: dict[str, int]
     worker_index: int  # this worker's number in the study (the study's own when settings left it None)
-
-    def __getitem__(self, key: str):
-        return getattr(self, key)  # callers written for the dict this used to be: res["ran"]
 
 
 def checkpoint_root(settings: WorkerSettings) -> Path:
@@ -170,8 +169,7 @@ class TrialRunner:
     """The objective Optuna calls: one trial in six steps, begin, config, resume, train, evaluate, finish.
 
     `train` and `evaluate` default to how2sign's train() and evaluate_checkpoint(); tests and benchmarks pass
-    stand-ins with the same signatures. Hand the runner each trial's Admission with `admit()` before
-    `study.optimize`: it notes there which trial the admission became.
+    stand-ins with the same signatures. `current` is the number of the trial it runs (or ran last).
     """
 
     def __init__(self, opened: Opened, data: TrainData, settings: WorkerSettings, stop: Callable[[], bool],
@@ -181,14 +179,11 @@ class TrialRunner:
         self.stop = stop
         self.log = log
         self.device = resolve_device(settings.device)
-        self.root = checkpoint_root(settings) / self.spec.name
+        self.root = inside(checkpoint_root(settings), self.spec.name)
         self.host = socket.gethostname()
         self.store = open_store(settings.artifact_dir)
         self.train_fn, self.evaluate_fn = train, evaluate
-        self.admission: Admission | None = None
-
-    def admit(self, admission: Admission) -> None:
-        self.admission = admission
+        self.current: int | None = None
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         run = self.begin(trial)
@@ -198,12 +193,11 @@ class TrialRunner:
         return self.finish(run, result, evaluation)
 
     def begin(self, trial: optuna.Trial) -> TrialRun:
-        """Note which trial the admission became; record who runs it."""
-        if self.admission is not None:
-            self.admission.release(trial.number)
+        """Note which trial this is; record who runs it."""
+        self.current = trial.number
         clock = Clock()
         stored = TrialRecord.read(trial)  # a heartbeat retry inherits the dead trial's attributes
-        run = TrialRun(trial, self.root / f"trial-{trial.number:05d}", stored.checkpoint, clock)
+        run = TrialRun(trial, inside(self.root, f"trial-{trial.number:05d}"), stored.checkpoint, clock)
         TrialRecord(anchor=False if stored.anchor is None else UNSET, checkpoint=str(run.out), host=self.host,
                     device=describe(self.device), h2s_version=__version__, torch_version=str(torch.__version__),
                     optuna_version=optuna.__version__, resumed_from_epoch=None, fail_reason=None).write(trial)
@@ -220,9 +214,14 @@ class TrialRunner:
 
     def resume(self, run: TrialRun) -> Path | None:
         """A heartbeat retry continues from the dead attempt's last checkpoint."""
-        if retried_from(run.trial) is None or not run.previous or not (Path(run.previous) / LAST).exists():
+        if retried_from(run.trial) is None or not run.previous:
             return None
-        return _carry_over(Path(run.previous), run.out)
+        try:  # the dead attempt's folder, as the database says: it must be one of this study's
+            previous = inside(self.root, run.previous)
+        except UnsafePath:
+            self.log(f"trial {run.trial.number}: not resuming from {run.previous}: outside {self.root}")
+            return None
+        return _carry_over(previous, run.out) if (previous / LAST).exists() else None
 
     def train(self, run: TrialRun, resume: Path | None) -> TrainResult:
         """Train; pruning records what was learned; OOM, NaN and config errors fail the trial."""
@@ -351,14 +350,7 @@ def run_worker(settings: WorkerSettings, log=None, *, joined: Callable[[int], No
     opened = load_stored(settings.storage, settings.study, worker_index=settings.worker_index)
     if joined is not None:
         joined(opened.worker_index)
-    data = TrainData.load(settings.data_root, min_freq=opened.spec.base_config().vocab_min_freq)
-    if data.fingerprint != opened.fingerprint:
-        raise FingerprintMismatch(
-            f"data {settings.data_root} has fingerprint {data.fingerprint[:12]}, but study {settings.study!r} "
-            f"was created on {opened.fingerprint[:12]}; every worker must use the same data")
-    check_study_encoder(opened.spec, settings.data_root)  # a missing encoder file: refused before any trial
-    # Our own line per trial says why it failed; Optuna's would add a traceback each time.
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    data = _worker_data(settings, opened, log)
     stop = StopFlag()
     stop.install()
     try:
@@ -372,6 +364,20 @@ def run_worker(settings: WorkerSettings, log=None, *, joined: Callable[[int], No
     return WorkerResult(ran=ran, stopped=stop.signal or None, states=states, worker_index=opened.worker_index)
 
 
+def _worker_data(settings: WorkerSettings, opened: Opened, log) -> TrainData:
+    """The worker's data, once the study is known to exist: --data, else the built-in corpus (written now
+    if it is not there yet); refused unless it is the data the study was created on."""
+    choice = choose_data(settings.data_root)
+    log(choice.describe())
+    data = TrainData.load(choice.root, min_freq=opened.spec.base_config().vocab_min_freq)
+    if data.fingerprint != opened.fingerprint:
+        raise FingerprintMismatch(
+            f"data {choice.root} has fingerprint {data.fingerprint[:12]}, but study {settings.study!r} "
+            f"was created on {opened.fingerprint[:12]}; every worker must use the same data")
+    check_study_encoder(opened.spec, choice.root)  # a missing encoder file: refused before any trial
+    return data
+
+
 def _trial_loop(opened: Opened, runner: TrialRunner, gate: BudgetGate, cap: int | None, stop: StopFlag,
                 log) -> int:
     """Admit and run trials one at a time; returns how many ran here."""
@@ -380,8 +386,7 @@ def _trial_loop(opened: Opened, runner: TrialRunner, gate: BudgetGate, cap: int 
     while not stop() and (cap is None or ran < cap):
         if deadline and time.monotonic() > deadline:
             break
-        admission = gate.enter()
-        if admission is None:
+        if not gate.enter():
             # The budget is spent, but a trial still RUNNING may belong to a dead worker: stay until it
             # finishes, or goes stale and is re-queued (then we run the retry), so nothing is lost.
             running = gate.running()
@@ -394,28 +399,28 @@ def _trial_loop(opened: Opened, runner: TrialRunner, gate: BudgetGate, cap: int 
             _pause(heartbeat_settings()[0], stop)
             continue
         waited = False
-        ran += _run_one(opened.study, runner, admission, log)
+        ran += _run_one(opened.study, runner, log)
     return ran
 
 
-def _run_one(study: optuna.Study, runner: TrialRunner, admission: Admission, log) -> bool:
+def _run_one(study: optuna.Study, runner: TrialRunner, log) -> bool:
     """One trial through study.optimize, then one line on how it ended if it did not complete.
 
     False when no trial started: another worker took the budget's last place first (BudgetSpent).
     """
-    runner.admit(admission)
+    runner.current = None
     try:
         study.optimize(runner, n_trials=1, catch=(TrialFailed,), gc_after_trial=True)
     except BudgetSpent:
         return False
     except (optuna.exceptions.UpdateFinishedTrialError, ValueError, AssertionError) as exc:
-        ended = _ended_elsewhere(study, admission.trial, exc)
+        ended = _ended_elsewhere(study, runner.current, exc)
         if ended is None:
             raise
-        log(f"trial {admission.trial} was marked {ended} while running here (its heartbeat lapsed, so "
+        log(f"trial {runner.current} was marked {ended} while running here (its heartbeat lapsed, so "
             "another worker failed it and re-queued a retry); going on")
         return True  # said all there is to say about it
-    last = None if admission.trial is None else trial_by_number(study, admission.trial)
+    last = None if runner.current is None else trial_by_number(study, runner.current)
     if last is not None and last.state == TrialState.FAIL:
         log(f"trial {last.number}: failed: {TrialRecord.read(last).fail_reason}")
     elif last is not None and last.state == TrialState.PRUNED:

@@ -6,13 +6,13 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
+from ..arms import ARM_NAMES, ARMS, CONTROL_ARM, ENCODER_PARAM
 from .data import ReportData, TrialInfo
 
-__all__ = ["ARM_ORDER", "CONTROL_ARM", "ENCODER_PARAM", "ArmRow", "ArmsComparison", "encoder_arms"]
+__all__ = ["CONTROL_ARM", "ENCODER_PARAM", "ArmRow", "ArmsComparison", "encoder_arms"]
 
-ENCODER_PARAM = "encoder"
-CONTROL_ARM = "random-frozen"
-ARM_ORDER = ("scratch", "pretrained-frozen", "random-frozen", "pretrained-finetuned")
+# The arm the verdict weighs against the control: what pretraining adds to a frozen encoder.
+PRETRAINED_FROZEN = next(a.name for a in ARMS if a.pretrained and a.frozen)
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ def _arm_row(arm: str, trials: list[TrialInfo]) -> ArmRow:
 
 def _verdict(rows: list[ArmRow]) -> str:
     by_arm = {r.arm: r for r in rows}
-    pre, control = by_arm.get("pretrained-frozen"), by_arm.get(CONTROL_ARM)
+    pre, control = by_arm.get(PRETRAINED_FROZEN), by_arm.get(CONTROL_ARM)
     if pre is None or control is None or pre.best_val_loss is None or control.best_val_loss is None:
         return "No verdict yet: the pretrained-frozen arm and the random-frozen control both need a complete trial."
     if pre.best_val_loss < control.best_val_loss:
@@ -79,7 +79,7 @@ def encoder_arms(d: ReportData) -> ArmsComparison | None:
     if dim is None and not seen:
         return None
     known = [*(dim.choices if dim else ()), *sorted(seen, key=str)]
-    arms = [a for a in ARM_ORDER if a in known] + [a for a in dict.fromkeys(known) if a not in ARM_ORDER]
+    arms = [a for a in ARM_NAMES if a in known] + [a for a in dict.fromkeys(known) if a not in ARM_NAMES]
     rows = [_arm_row(str(a), [t for t in d.trials if t.params.get(ENCODER_PARAM) == a]) for a in arms]
     epochs = [t.record.epochs_run for t in d.trials if t.state == "COMPLETE" and t.record.epochs_run]
     return ArmsComparison(rows, max(epochs) if epochs else None, _verdict(rows))

@@ -7,6 +7,7 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import parse_qsl, urlencode
 
 from ..errors import UserError
@@ -55,6 +56,16 @@ class StorageURL:
     @property
     def masked(self) -> str:
         return mask_password(self.given)
+
+    @property
+    def sqlite_file(self) -> Path | None:
+        """The database file of a SQLite URL; None for another backend or an in-memory database."""
+        if self.backend != "sqlite" or ":///" not in self.sqlalchemy:
+            return None
+        path = self.sqlalchemy.split(":///", 1)[1].split("?", 1)[0]
+        if not path or path.startswith(":memory:") or "mode=memory" in self.sqlalchemy:
+            return None
+        return Path(path)
 
 
 def parse_url(url: str) -> StorageURL:

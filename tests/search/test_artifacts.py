@@ -53,7 +53,7 @@ def worker_study(tmp_path_factory, fleet_corpus):
     finally:
         for s, h in handlers.items():
             signal.signal(s, h)
-    assert res["ran"] == 3, logs
+    assert res.ran == 3, logs
     storage = optuna.storages.RDBStorage(url)
     return storage, optuna.load_study(study_name="insp", storage=storage), tmp_path / "art"
 

@@ -10,7 +10,7 @@ import pytest
 from search.records import StudyRecord, TrialRecord
 from search.spec import parse
 from search.storage import BudgetSpent
-from search.study import Admission, BudgetGate, anchor_trials, create_or_load
+from search.study import BudgetGate, anchor_trials, create_or_load
 
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
 
@@ -50,32 +50,21 @@ def test_the_gate_admits_exactly_the_budget(opened):
     gate = BudgetGate(opened)
     admitted = []
     for _ in range(3):
-        admission = gate.enter()
-        if admission is None:
+        if not gate.enter():
             break
         trial = opened.study.ask()  # what optimize does: create (or pop) the trial
-        admission.release(trial.number)
         opened.study.tell(trial, 1.0)
-        admitted.append(admission.trial)
-    assert admitted == [0, 1] and gate.enter() is None
+        admitted.append(trial.number)
+    assert admitted == [0, 1] and not gate.enter()
 
 
 def test_the_stored_budget_wins_over_the_study_file(opened):
     StudyRecord(budget=1).write(opened.study)
     gate = BudgetGate(opened)
     assert gate.budget() == 1
-    admission = gate.enter()
+    assert gate.enter()
     opened.study.tell(opened.study.ask(), 1.0)
-    admission.release()
-    assert gate.enter() is None
-
-
-def test_an_admission_notes_its_trial_once(opened):
-    admission = BudgetGate(opened).enter()
-    assert isinstance(admission, Admission) and admission.trial is None
-    admission.release(3)
-    admission.release(4)  # a second release changes nothing
-    assert admission.trial == 3
+    assert not gate.enter()
 
 
 def test_the_storage_refuses_a_new_trial_beyond_the_budget_but_not_a_queued_one(opened):

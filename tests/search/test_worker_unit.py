@@ -19,7 +19,7 @@ from how2sign.run_metrics import RunMetrics
 from how2sign.train import Ending, NonFiniteLoss, TrainResult
 from search.records import TrialRecord
 from search.spec import parse
-from search.study import Admission, Opened
+from search.study import Opened
 from search.worker import TrialFailed, TrialRunner, WorkerSettings
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
@@ -206,13 +206,12 @@ def test_a_config_the_space_cannot_build_fails_with_a_reason(tmp_path):
     assert ok.state == TrialState.COMPLETE
 
 
-def test_the_runner_notes_which_trial_its_admission_became(tmp_path):
+def test_the_runner_notes_which_trial_it_runs(tmp_path):
     spec = spec_for(tmp_path)
     study, runner = make_runner(tmp_path, spec, FakeTraining())
-    admission = Admission()
-    runner.admit(admission)
-    study.optimize(runner, n_trials=1)
-    assert admission.trial == 0
+    assert runner.current is None
+    study.optimize(runner, n_trials=2)
+    assert runner.current == 1
 
 
 def test_a_trial_looked_up_by_number_costs_no_study_read(tmp_path):
@@ -249,7 +248,7 @@ def test_run_worker_returns_a_result_and_leaves_the_settings_alone(tmp_path, cor
                               checkpoint_dir=tmp_path / "ck", artifact_dir=tmp_path / "art")
     joined, logs = [], []
     res = run_worker(settings, log=logs.append, joined=joined.append, train=FakeTraining(), evaluate=fake_evaluate)
-    assert isinstance(res, WorkerResult) and res.ran == 2 and res["ran"] == 2
+    assert isinstance(res, WorkerResult) and res.ran == 2
     assert res.states == {"COMPLETE": 2} and res.stopped is None
     assert joined == [0] and res.worker_index == 0 and settings.worker_index is None
 
