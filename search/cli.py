@@ -210,7 +210,7 @@ def pretrain(
 @command
 def evaluate(
     checkpoint: Annotated[Path, typer.Option(help="A best_checkpoint.pt or last_checkpoint.pt.")],
-    split: Annotated[str, typer.Option(help="val or test.")] = "val",
+    split: Annotated[str, typer.Option(help="val or test (or train).")] = "val",
     data: DataOpt = None,
     predictions: Annotated[Path | None, typer.Option(help="Write one hypothesis per line, in CSV row order.")] = None,
     beam: Annotated[int, typer.Option(help="Beam size; 1 is greedy decoding.")] = 1,
@@ -224,7 +224,7 @@ def evaluate(
     from .errors import UserError
 
     if split not in ("val", "test", "train"):
-        raise UserError(f"--split must be val or test, got {split!r}")
+        raise UserError(f"--split must be val, test or train, got {split!r}")
     choice = choose_data(data)
     say_data(choice, as_json)
     ev = evaluate_checkpoint(checkpoint, choice.root, split, device=device, beam_size=beam)
@@ -250,7 +250,7 @@ def start(
     storage: StorageOpt = None,
     data: DataOpt = None,
     n_trials: Annotated[int | None, typer.Option(help="Trial budget of the study (default: the study file's).")] = None,
-    workers: Annotated[int | None, typer.Option(help="Local worker processes, spread over the visible GPUs (default: K per GPU; 1 on a CPU; 0: only create the study and enqueue the anchor).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Local worker processes, spread over the visible GPUs (default: K per GPU; on a CPU-only machine one per core, at most 4; 0: only create the study and enqueue the anchor).")] = None,
     devices: Annotated[str | None, typer.Option(help="Devices to use, e.g. cuda:0,cuda:1; each gets --workers-per-device workers (default 1 each).")] = None,
     workers_per_device: Annotated[int | None, typer.Option(help="Workers per GPU or MPS device (default 4 on GPUs, capped by the largest trial's memory estimate).")] = None,
     checkpoint_dir: CheckpointOpt = None,

@@ -17,13 +17,13 @@ from how2sign.device import (
     trials_that_fit,
     visible_gpus,
 )
-from how2sign.jobs import choose_data
+from how2sign.jobs import DataChoice, choose_data
 
 from .errors import UserError
 from .pretrained import ensure_encoder
-from .spec import load_spec
+from .spec import StudySpec, load_spec
 from .storage import parse_url, resolve_url
-from .study import create_or_load
+from .study import Opened, create_or_load
 from .summary import summarize
 
 
@@ -74,14 +74,12 @@ def die_with_parent():
     return preexec
 
 
-# Workers per accelerator when nothing is asked for. One small-model trial leaves a card mostly idle
-# (host-side work, small kernels): on one H100, 4 workers ended 16 demo trials with 3.5x the trial
-# throughput of one worker (README, "Several trials per GPU"). More than 4 gains little there and
-# multiplies per-process context memory; the memory cap below lowers it where trials are large.
+# Workers per accelerator when nothing is asked for: one small-model trial leaves a card mostly idle
+# (host-side work, small kernels), and more than a few multiply per-process context memory; the memory cap
+# below lowers it where trials are large. The measurements behind it: benchmarks/README.md (gpu.py).
 DEFAULT_WORKERS_PER_DEVICE = 4
-# Workers on a CPU-only machine, one thread each. A small model gains little from a second intra-op thread
-# and much from a second process: on 2 cores the demo capacity search took 147 s with two single-threaded
-# workers against 369 s with one two-threaded worker (benchmarks/README.md). At most 4, SQLite's limit.
+# Workers on a CPU-only machine, one thread each: a small model gains little from a second intra-op thread
+# and much from a second process (measured in benchmarks/README.md). At most 4, SQLite's limit.
 CPU_DEFAULT_WORKERS = 4
 
 
@@ -192,9 +190,19 @@ def worker_env(devs: list[str]) -> dict:
     return env
 
 
-def start(study: str, *, storage: str | None, data: Path | None, n_trials: int | None, workers: int | None,
-          devices: str | None, checkpoint_dir: Path | None, say=print, progress=None,
-          artifact_dir: Path | None = None, workers_per_device: int | None = None) -> StartResult:
+@dataclass
+class Plan:
+    """What `start` will do, decided before any data is packed or any study is touched."""
+
+    spec: StudySpec
+    choice: DataChoice
+    url: str
+    devices: list[str]  # one entry per local worker
+
+
+def plan(study: str, *, storage: str | None, data: Path | None, workers: int | None, devices: str | None,
+         workers_per_device: int | None, say=print) -> Plan:
+    """The study file, the data, the storage and each local worker's device; bad input fails here."""
     spec = load_spec(study)
     devs = plan_devices(workers, devices, workers_per_device, visible_gpus(), mps_available(), os.cpu_count() or 1)
     choice = choose_data(data)
@@ -205,49 +213,74 @@ def start(study: str, *, storage: str | None, data: Path | None, n_trials: int |
             f"{spec.base_config().epochs} epochs each")
     spec = ensure_encoder(spec, choice, say=say)  # pretrained-encoder arms: checked or built before the study
     url = resolve_url(storage)
-    devs = sqlite_limit(devs, url, asked=workers is not None or bool(devices) or workers_per_device is not None,
-                        say=say)
+    asked = workers is not None or bool(devices) or workers_per_device is not None
+    return Plan(spec, choice, url, sqlite_limit(devs, url, asked=asked, say=say))
+
+
+def prepare(p: Plan, n_trials: int | None, say=print) -> tuple[Opened, list[str]]:
+    """Pack the data once (before the workers), cap the workers by memory, create or load the study."""
     from how2sign.batches import TrainData
 
-    train_data = TrainData.load(choice.root)  # packs the cache once, before the workers
-    fingerprint = train_data.fingerprint
-    devs, notes = memory_capped(devs, spec, train_data)
+    train_data = TrainData.load(p.choice.root)
+    devs, notes = memory_capped(p.devices, p.spec, train_data)
     for note in notes:
         say(note)
-    opened = create_or_load(url, spec, fingerprint, str(choice.root), n_trials)
-    say(f"study {opened.spec.name!r} {'created' if opened.created else 'loaded'} in {parse_url(url).masked}"
+    opened = create_or_load(p.url, p.spec, train_data.fingerprint, str(p.choice.root), n_trials)
+    say(f"study {opened.spec.name!r} {'created' if opened.created else 'loaded'} in {parse_url(p.url).masked}"
         + (f"; anchor {opened.spec.anchor_name} enqueued" if opened.anchor_enqueued else ""))
-    t0 = time.perf_counter()
+    return opened, devs
+
+
+def spawn_workers(opened: Opened, p: Plan, devs: list[str], checkpoint_dir: Path | None,
+                  artifact_dir: Path | None, say=print) -> list[subprocess.Popen]:
+    """One `worker` process per device entry. No --worker-index: the study numbers its workers, so `start`
+    on several machines never repeats a sampler seed."""
     env = worker_env(devs)
-    # No --worker-index: the study numbers its workers, so `start` on several machines never repeats a seed.
-    procs = [subprocess.Popen(worker_command(opened.spec.name, url, choice.root, d, None, checkpoint_dir, artifact_dir),
+    procs = [subprocess.Popen(worker_command(opened.spec.name, p.url, p.choice.root, d, None, checkpoint_dir,
+                                             artifact_dir),
                               stdin=subprocess.DEVNULL, env=env, preexec_fn=die_with_parent(),
                               start_new_session=True)  # a terminal Ctrl-C reaches us once; we forward it
-             for i, d in enumerate(devs)]
+             for d in devs]
     if procs:
         say(f"{len(procs)} worker(s) on {', '.join(devs)}; Ctrl-C ends their trials cleanly "
             "(recorded as interrupted) and stops them")
     else:
         say(f"no local workers; attach some with: h2s-search worker --study {opened.spec.name} "
-            f"--storage {parse_url(url).masked}")
+            f"--storage {parse_url(p.url).masked}")
+    return procs
+
+
+def supervise(opened: Opened, procs: list[subprocess.Popen], progress=None) -> list[int]:
+    """Wait for the workers, forwarding our SIGINT and SIGTERM to them; returns their exit codes."""
 
     def forward(signum, _frame):
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signum)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signum)
 
     old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while any(p.poll() is None for p in procs):
+        while any(proc.poll() is None for proc in procs):
             if progress:
                 progress(summarize(opened.study))
             time.sleep(1.0)
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+    return [proc.returncode for proc in procs]
+
+
+def start(study: str, *, storage: str | None, data: Path | None, n_trials: int | None, workers: int | None,
+          devices: str | None, checkpoint_dir: Path | None, say=print, progress=None,
+          artifact_dir: Path | None = None, workers_per_device: int | None = None) -> StartResult:
+    """Plan, prepare the study, run the local workers until they are done, and summarise."""
+    p = plan(study, storage=storage, data=data, workers=workers, devices=devices,
+             workers_per_device=workers_per_device, say=say)
+    opened, devs = prepare(p, n_trials, say)
+    t0 = time.perf_counter()
+    codes = supervise(opened, spawn_workers(opened, p, devs, checkpoint_dir, artifact_dir, say), progress)
     summary = summarize(opened.study)
     if progress:
         progress(summary)
-    return StartResult(opened.spec.name, parse_url(url).masked, opened.created, opened.anchor_enqueued,
-                       str(choice.root), len(procs), time.perf_counter() - t0, summary,
-                       [p.returncode for p in procs])
+    return StartResult(opened.spec.name, parse_url(p.url).masked, opened.created, opened.anchor_enqueued,
+                       str(p.choice.root), len(devs), time.perf_counter() - t0, summary, codes)

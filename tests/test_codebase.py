@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("how2sign", "search")
-MAX_FUNCTION_LINES = 60
+MAX_FUNCTION_LINES = 45
 
 
 def functions(path: Path):
@@ -38,3 +39,43 @@ def test_the_checks_see_a_long_function(tmp_path):
     (tmp_path / "m.py").write_text(f"def f():\n{body}\n")
     (n,) = functions(tmp_path / "m.py")
     assert n.end_lineno - n.lineno + 1 == MAX_FUNCTION_LINES + 1
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path) -> set[str]:
+    """Modules of ours that `path` imports anywhere in it (function-level imports included)."""
+    me = module_name(path)
+    package = me if path.name == "__init__.py" else me.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join([*up, base] if base else up)
+            found.add(base)
+            found.update(f"{base}.{a.name}" for a in node.names)  # `from . import decoding` is a module
+    return {m for m in found if m.split(".")[0] in PACKAGES}
+
+
+def test_no_two_modules_import_each_other():
+    paths = [p for pkg in PACKAGES for p in sorted((ROOT / pkg).rglob("*.py"))]
+    graph = {module_name(p): imports_of(p) for p in paths}
+    mutual = sorted({tuple(sorted((a, b))) for a, deps in graph.items() for b in deps
+                     if b != a and b in graph and a in graph[b]})
+    assert mutual == []
+
+
+def test_the_import_check_sees_a_mutual_import(tmp_path, monkeypatch):
+    pkg = tmp_path / "search"
+    pkg.mkdir()
+    (pkg / "a.py").write_text("from . import b\n")
+    (pkg / "b.py").write_text("def f():\n    from .a import x\n")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    assert imports_of(pkg / "a.py") == {"search", "search.b"} and "search.a" in imports_of(pkg / "b.py")

@@ -84,7 +84,9 @@ def open_storage(url: str | None = None, *, heartbeat: bool = True, cache: bool 
     ttl = cache_seconds() if ttl is None else ttl
     interval, grace = heartbeat_settings() if heartbeat else (None, None)
     with storage_errors(u):
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        # Once, here, for every process that opens a study: errors only. A worker says in one line of its own
+        # why a trial failed, where Optuna would log a warning with a traceback; commands print their own.
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
         with warnings.catch_warnings():
             # The heartbeat and the retry callback are "experimental" in Optuna; we rely on them on purpose.
             # Silenced here only: the caller's own warning filters stay as they were.
