@@ -242,23 +242,31 @@ def spawn_workers(opened: Opened, p: Plan, devs: list[str], checkpoint_dir: Path
                               start_new_session=True)  # a terminal Ctrl-C reaches us once; we forward it
              for d in devs]
     if procs:
-        say(f"{len(procs)} worker(s) on {', '.join(devs)}; Ctrl-C ends their trials cleanly "
-            "(recorded as interrupted) and stops them")
+        say(f"{len(procs)} worker(s) on {', '.join(devs)}; Ctrl-C ends their trials cleanly (recorded as "
+            "interrupted) and stops them; SIGTERM puts their trials back in the queue to resume elsewhere")
     else:
         say(f"no local workers; attach some with: h2s-search worker --study {opened.spec.name} "
             f"--storage {parse_url(p.url).masked}")
     return procs
 
 
+def forwarded_signals() -> list[signal.Signals]:
+    """What `start` passes on to its workers: Ctrl-C, and the signals that take a machine away (see
+    worker.StopFlag). SIGUSR2 only while nobody else handles it here: under submitit it is the job's advance
+    warning, which submitit's own handler turns into a checkpoint and requeue of the Slurm job."""
+    sigs = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1]
+    return sigs + ([signal.SIGUSR2] if signal.getsignal(signal.SIGUSR2) is signal.SIG_DFL else [])
+
+
 def supervise(opened: Opened, procs: list[subprocess.Popen], progress=None) -> list[int]:
-    """Wait for the workers, forwarding our SIGINT and SIGTERM to them; returns their exit codes."""
+    """Wait for the workers, forwarding our signals to them (`forwarded_signals`); returns their exit codes."""
 
     def forward(signum, _frame):
         for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signum)
 
-    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: signal.signal(s, forward) for s in forwarded_signals()}
     try:
         while any(proc.poll() is None for proc in procs):
             if progress:

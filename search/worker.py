@@ -46,6 +46,11 @@ class TrialFailed(Exception):
     """A trial that failed for a recorded reason (fail_reason); the worker goes on."""
 
 
+class TrialPreempted(TrialFailed):
+    """The machine is being taken away: the trial ends FAIL and goes straight back to the queue as a retry
+    that resumes from its last checkpoint and takes its place in the budget (see `requeue`)."""
+
+
 @dataclass
 class WorkerSettings:
     study: str
@@ -74,18 +79,27 @@ def checkpoint_root(settings: WorkerSettings) -> Path:
 
 
 class StopFlag:
-    """SIGTERM / SIGHUP / Ctrl-C: finish the current trial cleanly, then leave. A second signal stops at once.
+    """A signal ends the current trial after its current batch, then the worker leaves; a second signal stops
+    at once. What becomes of the trial depends on who sent it:
 
-    SIGHUP (the terminal closed) is a request to stop like SIGTERM, not a reason to vanish mid-trial.
+    - SIGINT (Ctrl-C, a person at a terminal): the trial ends FAIL "interrupted by SIGINT" and counts;
+    - PREEMPTING signals (the machine is being taken away: Slurm's time limit, preemption or scancel, its
+      advance warning, `docker stop`, a closed terminal, SIGKILL of `start`, which sends SIGTERM): the
+      trial is preempted, back in the queue at once, resumed from its checkpoint and not counted.
     """
+
+    PREEMPTING = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 
     def __init__(self):
         self.set = False
         self.signal = ""
 
+    @property
+    def preempted(self) -> bool:
+        return self.set and self.signal != signal.SIGINT.name
+
     def install(self) -> None:
-        self._previous = {sig: signal.signal(sig, self._handle)
-                          for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, *self.PREEMPTING)}
 
     def restore(self) -> None:
         """Give the caller back its own handlers (run_worker may be used as a library)."""
@@ -184,6 +198,7 @@ class TrialRunner:
         self.store = open_store(settings.artifact_dir)
         self.train_fn, self.evaluate_fn = train, evaluate
         self.current: int | None = None
+        self.preempted: int | None = None  # the trial that ended preempted, for `_run_one` to re-queue
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         run = self.begin(trial)
@@ -243,7 +258,11 @@ class TrialRunner:
         except ValueError as exc:  # ConfigError, or a value only the training code rejects
             self.fail(run, f"config: {exc}")
         if result.interrupted:
-            self.fail(run, f"interrupted by {getattr(self.stop, 'signal', '') or 'stop request'}", result)
+            by = getattr(self.stop, "signal", "") or "stop request"
+            if getattr(self.stop, "preempted", False):
+                self.fail(run, f"preempted by {by}: back in the queue, to resume from its last checkpoint",
+                          result, preempted=True)
+            self.fail(run, f"interrupted by {by}", result)
         return result
 
     def _reporter(self, run: TrialRun) -> Callable[[int, float], None]:
@@ -294,10 +313,15 @@ class TrialRunner:
         out_values = [values[m] for m in self.spec.metrics]
         return out_values[0] if len(out_values) == 1 else out_values
 
-    def fail(self, run: TrialRun, reason: str, result: TrainResult | None = None) -> NoReturn:
-        """End the trial as FAIL, recording the reason, what training measured and where the time went."""
+    def fail(self, run: TrialRun, reason: str, result: TrainResult | None = None, *,
+             preempted: bool = False) -> NoReturn:
+        """End the trial as FAIL, recording the reason, what training measured and where the time went;
+        a preempted one is re-queued once Optuna has recorded it (`_run_one`)."""
         base = TrialRecord() if result is None else _result_record(result)
         replace(base, fail_reason=reason, **run.clock.split()).write(run.trial)
+        if preempted:
+            self.preempted = run.trial.number
+            raise TrialPreempted(reason) from None
         raise TrialFailed(reason) from None
 
 
@@ -408,7 +432,7 @@ def _run_one(study: optuna.Study, runner: TrialRunner, log) -> bool:
 
     False when no trial started: another worker took the budget's last place first (BudgetSpent).
     """
-    runner.current = None
+    runner.current = runner.preempted = None
     try:
         study.optimize(runner, n_trials=1, catch=(TrialFailed,), gc_after_trial=True)
     except BudgetSpent:
@@ -421,11 +445,28 @@ def _run_one(study: optuna.Study, runner: TrialRunner, log) -> bool:
             "another worker failed it and re-queued a retry); going on")
         return True  # said all there is to say about it
     last = None if runner.current is None else trial_by_number(study, runner.current)
+    if last is not None and last.number == runner.preempted and last.state == TrialState.FAIL:
+        requeue(study, last)
+        record = TrialRecord.read(last)
+        log(f"trial {last.number}: {record.fail_reason} (epoch {record.epochs_run or 0})")
+        return True
     if last is not None and last.state == TrialState.FAIL:
         log(f"trial {last.number}: failed: {TrialRecord.read(last).fail_reason}")
     elif last is not None and last.state == TrialState.PRUNED:
         log(f"trial {last.number}: pruned after epoch {TrialRecord.read(last).epochs_run}")
     return True
+
+
+def requeue(study: optuna.Study, failed: optuna.trial.FrozenTrial) -> None:
+    """Put a preempted trial straight back in the queue: the path a killed worker's trial takes once its
+    heartbeat goes stale (RetryHeartbeatStaleTrialCallback), only at once. The retry is a WAITING copy of the
+    trial (parameters, attributes, retry history); it resumes from the trial's last checkpoint and stands in
+    for it in the budget. Preemptions are not capped like stale retries: each one keeps its progress."""
+    import warnings
+
+    with warnings.catch_warnings():  # experimental in Optuna; silenced here only
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=None)(study, failed)
 
 
 def _pause(seconds: float, stop: StopFlag) -> None:

@@ -2,7 +2,7 @@
 working folder and data copy, talking TCP to 127.0.0.1; each test in its own fresh database.
 
 Faults: SIGKILL mid-trial (heartbeat retry resumes from the checkpoint), a PostgreSQL restart, 8 racing
-starts, SIGTERM. Each test prints what it saw (run with -s to read it).
+starts, SIGTERM (preempted: back in the queue), SIGINT (interrupted). Each test prints what it saw (run with -s to read it).
 """
 
 from __future__ import annotations
@@ -350,25 +350,50 @@ def test_eight_racing_starts_make_one_study_and_one_anchor(backend, request, new
           f"{[(t.number, t.state.name) for t in trials]}")
 
 
-# --------------------------------------------------------------------------- 5. SIGTERM
-def test_sigterm_ends_the_current_trial_cleanly_and_exits_0(pg_db, new_machine, fleet_study):
+# --------------------------------------------------------------------------- 5. SIGTERM and SIGINT
+def assert_preempted_and_requeued(trials, number: int, signame: str) -> None:
+    """Trial `number` ended FAIL "preempted by <signal>" and a WAITING retry stands in for it."""
+    by_number = {t.number: t for t in trials}
+    gone = by_number[number]
+    assert gone.state == TrialState.FAIL and gone.user_attrs["fail_reason"].startswith(f"preempted by {signame}")
+    retries = [t for t in trials if t.system_attrs.get("retry_history", [])[-1:] == [number]]
+    assert len(retries) == 1 and retries[0].state == TrialState.WAITING, states(trials)
+    assert retries[0].params == gone.params and retries[0].user_attrs["checkpoint"] == gone.user_attrs["checkpoint"]
+
+
+def test_sigterm_preempts_the_trial_back_into_the_queue_and_another_worker_resumes_it(pg_db, new_machine,
+                                                                                     fleet_study):
+    """Slurm's time limit and preemption, scancel and `docker stop` all send SIGTERM: the machine is taken
+    away, so the trial goes back to the queue at once, is resumed elsewhere from its checkpoint, and does not
+    spend the budget."""
+    from how2sign.checkpoint import LAST, load
+
     epochs = 40
-    study = fleet_study(n_trials=2, epochs=epochs)
-    m = new_machine("a")
-    create(m, pg_db, study)
-    w = m.worker(pg_db.url)
-    wait_until(lambda: (t := trial(pg_db, 0)) and epochs_done(t), 90, "trial 0 mid-run")
-    before = states(snapshot(pg_db)[0])
+    study = fleet_study(n_trials=1, epochs=epochs)
+    a, b = new_machine("a"), new_machine("b")
+    create(a, pg_db, study)
+    w = a.worker(pg_db.url)
+    wait_until(lambda: (epochs_done(trial(pg_db, 0)) or 0) >= 2, 120, "trial 0 mid-run")
     w.signal(signal.SIGTERM)
     assert w.wait(60) == 0, w.output()
+    assert "stopped by SIGTERM" in w.output() and "Traceback" not in w.output()
     trials, _, _ = snapshot(pg_db)
-    assert [t.state for t in trials] == [TrialState.FAIL], states(trials)
-    t = trials[0]
-    assert t.user_attrs["fail_reason"] == "interrupted by SIGTERM"
-    assert 1 <= t.user_attrs["epochs_run"] < epochs
-    assert "stopped by SIGTERM" in w.output()
-    print(f"\n[SIGTERM] states before {before}, after {states(trials)}; fail_reason "
-          f"{t.user_attrs['fail_reason']!r} at epoch {t.user_attrs['epochs_run']}; exit code 0")
+    assert_preempted_and_requeued(trials, 0, "SIGTERM")
+    at_signal = load(Path(trials[0].user_attrs["checkpoint"]) / LAST)["epoch"]
+    assert 1 <= at_signal == trials[0].user_attrs["epochs_run"] < epochs
+    wb = b.worker(pg_db.url)
+    wait_until(lambda: (t := trial(pg_db, 1)) and t.state == TrialState.RUNNING and epochs_done(t), 120,
+               "machine b to resume the retry")
+    wb.signal(signal.SIGINT)  # Ctrl-C: a person stops it; the trial is not put back
+    assert wb.wait(60) == 0, wb.output()
+    trials, _, _ = snapshot(pg_db)
+    retry = trials[1]
+    assert retry.user_attrs["resumed_from_epoch"] == at_signal
+    assert retry.state == TrialState.FAIL and retry.user_attrs["fail_reason"] == "interrupted by SIGINT"
+    assert len(trials) == 2 and len(counted(trials)) == 1, states(trials)  # the preemption cost no budget
+    print(f"\n[SIGTERM] trial 0 preempted after epoch {at_signal}/{epochs}, re-queued as trial 1, resumed on "
+          f"machine b from epoch {retry.user_attrs['resumed_from_epoch']}; Ctrl-C there: "
+          f"{retry.user_attrs['fail_reason']!r}, counted")
 
 
 # --------------------------------------------------------------------------- 6/7. start --devices on MariaDB
@@ -485,13 +510,14 @@ def test_sigkill_of_start_takes_its_workers_down_cleanly(pgb_db, new_machine, fl
     # Each worker got SIGTERM from the kernel (PR_SET_PDEATHSIG), ends its trial and exits.
     wait_until(lambda: not any(_alive(p) for p in workers), GRACE_PERIOD, "start's workers to exit")
     trials, _, _ = snapshot(pgb_db)
-    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL], states(trials)
-    assert {t.user_attrs["fail_reason"] for t in trials} == {"interrupted by SIGTERM"}
-    print(f"\n[start killed] workers {workers} exited; trials {states(trials)}, "
-          f"fail_reason {trials[0].user_attrs['fail_reason']!r}")
+    for number in (0, 1):
+        assert_preempted_and_requeued(trials, number, "SIGTERM")
+    assert sorted(t.state.name for t in trials) == ["FAIL", "FAIL", "WAITING", "WAITING"], states(trials)
+    print(f"\n[start killed] workers {workers} exited; trials {states(trials)}: both back in the queue")
 
 
-def test_sighup_stops_a_standalone_worker_like_sigterm(pg_db, new_machine, fleet_study):
+def test_sighup_preempts_a_standalone_worker_like_sigterm(pg_db, new_machine, fleet_study):
+    """A closed terminal or ssh session is not a person deciding to stop the trial: it resumes elsewhere."""
     study = fleet_study(n_trials=2, epochs=40)
     m = new_machine("a")
     create(m, pg_db, study)
@@ -500,8 +526,7 @@ def test_sighup_stops_a_standalone_worker_like_sigterm(pg_db, new_machine, fleet
     w.signal(signal.SIGHUP)
     assert w.wait(60) == 0, w.output()
     trials, _, _ = snapshot(pg_db)
-    assert [t.state for t in trials] == [TrialState.FAIL]
-    assert trials[0].user_attrs["fail_reason"] == "interrupted by SIGHUP"
+    assert_preempted_and_requeued(trials, 0, "SIGHUP")
 
 
 def test_sigkill_of_a_worker_behind_pgbouncer_is_retried_and_resumes(pgb_db, new_machine, fleet_study):

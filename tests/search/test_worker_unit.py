@@ -273,3 +273,44 @@ def test_status_shows_where_the_time_went(tmp_path):
     console.print(status_view(s))
     line = next(x for x in console.export_text().splitlines() if x.startswith("time: "))
     assert "in 2 finished trial(s): train " in line and "validate" in line and "other" in line
+
+
+class StoppedAfter(FakeTraining):
+    """train() that honours should_stop after `epochs` epochs, as the real one does: an interrupted result."""
+
+    def __init__(self, epochs: int, stop):
+        super().__init__()
+        self.epochs, self.stop = epochs, stop
+
+    def __call__(self, cfg, data, out, **kw):
+        result = super().__call__(cfg.replace({"epochs": self.epochs}), data, out, **kw)
+        self.stop.set = True  # the signal arrives during the next epoch
+        return TrainResult(**{**result.__dict__, "ending": Ending.INTERRUPTED})
+
+
+@pytest.mark.parametrize("signame, preempted", [("SIGTERM", True), ("SIGUSR1", True), ("SIGHUP", True),
+                                               ("SIGINT", False)])
+def test_a_preempting_signal_puts_the_trial_back_and_ctrl_c_fails_it(tmp_path, signame, preempted):
+    from search.study import budget_used
+    from search.worker import StopFlag, _run_one
+
+    spec = spec_for(tmp_path, epochs=5)
+    stop = StopFlag()
+    stop.signal = signame
+    study, runner = make_runner(tmp_path, spec, None)
+    runner.stop, runner.train_fn = stop, StoppedAfter(2, stop)
+    logs: list[str] = []
+    assert _run_one(study, runner, logs.append)
+    assert stop.preempted is preempted
+    first = study.trials[0]
+    assert first.state == TrialState.FAIL and TrialRecord.read(first).epochs_run == 2
+    reason = TrialRecord.read(first).fail_reason
+    if preempted:
+        assert reason.startswith(f"preempted by {signame}") and "back in the queue" in logs[0]
+        (retry,) = study.trials[1:]
+        assert retry.state == TrialState.WAITING and retry.params == first.params
+        assert retry.system_attrs["retry_history"] == [0] and retry.user_attrs["checkpoint"].endswith("trial-00000")
+        assert budget_used(study) == (1, 1)  # the retry stands in for the preempted trial
+    else:
+        assert reason == "interrupted by SIGINT" and len(study.trials) == 1
+        assert budget_used(study) == (1, 0)
