@@ -22,7 +22,7 @@ from how2sign.run_metrics import METRICS, RunMetrics
 from .diagnosis import Diagnosis, diagnose
 from .records import TrialRecord
 
-__all__ = ["ARTIFACTS_ENV", "LEARNING_CURVE", "METRICS", "TRANSLATIONS", "anchor_note", "artifact_root",
+__all__ = ["ARTIFACTS_ENV", "LEARNING_CURVE", "METRICS", "TEST_TRANSLATIONS", "TRANSLATIONS", "anchor_note", "artifact_root",
            "learning_curve_png", "note_anchor", "open_store", "record_trial", "study_note",
            "translations_csv",
            "write_study_note"]
@@ -30,6 +30,7 @@ __all__ = ["ARTIFACTS_ENV", "LEARNING_CURVE", "METRICS", "TRANSLATIONS", "anchor
 ARTIFACTS_ENV = "H2S_ARTIFACTS"
 DEFAULT_FOLDER = "h2s-artifacts"
 LEARNING_CURVE, TRANSLATIONS = "learning_curve.png", "translations.csv"
+TEST_TRANSLATIONS = "test_translations.csv"  # a confirmation run's every test clip: the paired test reads it
 SAMPLE_SIZE = 50  # validation translations per trial, evenly spread over the split
 
 
@@ -84,8 +85,10 @@ def learning_curve_png(history: list[dict], path: Path, title: str = "") -> Path
     return path
 
 
-def translations_csv(references: list[str], hypotheses: list[str], path: Path, n: int = SAMPLE_SIZE) -> Path:
-    """An evenly spread sample: `row` is the clip's row in the split's CSV (as in --predictions)."""
+def translations_csv(references: list[str], hypotheses: list[str], path: Path, n: int | None = SAMPLE_SIZE) -> Path:
+    """An evenly spread sample of n clips (None: all of them): `row` is the clip's place in the split, in
+    the CSV's order (as in --predictions)."""
+    n = len(references) if n is None else n
     total = len(references)
     rows = sorted({round(k * (total - 1) / max(n - 1, 1)) for k in range(min(n, total))}) if total else []
     with open(path, "w", newline="", encoding="utf-8") as f:
@@ -153,11 +156,12 @@ def note_anchor(trial, params: dict | None = None) -> None:
 # --------------------------------------------------------------------------- the worker's hook
 def record_trial(trial, run_dir: Path, store, *, history: list[dict] | None = None, lr_min: float | None = None,
                  samples: tuple[list[str], list[str]] | None = None, pruned: bool = False,
-                 log=print) -> Diagnosis:
+                 log=print, test: tuple[list[str], list[str]] | None = None) -> Diagnosis:
     """Diagnose a finished trial, record the attributes, upload its artifacts and note the anchor.
 
-    history defaults to run_dir/metrics.json's epochs. Failing to render or upload is logged, never
-    fatal: the trial's result matters more than its pictures.
+    history defaults to run_dir/metrics.json's epochs. test: a confirmation run's test references and
+    hypotheses, all of them (TEST_TRANSLATIONS). Failing to render or upload is logged, never fatal: the
+    trial's result matters more than its pictures.
     """
     run_dir = Path(run_dir)
     if history is None:
@@ -167,7 +171,8 @@ def record_trial(trial, run_dir: Path, store, *, history: list[dict] | None = No
     record = diag.record(pruned)
     record.write(trial)
     try:
-        upload_trial_artifacts(trial, run_dir, store, history, samples, f"trial {trial.number}: {record.diagnosis}")
+        upload_trial_artifacts(trial, run_dir, store, history, samples, f"trial {trial.number}: {record.diagnosis}",
+                               test)
         note_anchor(trial)
     except Exception as exc:  # artifacts are a side output: the trial goes on
         log(f"trial {trial.number}: artifacts not uploaded ({type(exc).__name__}: {exc})")
@@ -175,7 +180,8 @@ def record_trial(trial, run_dir: Path, store, *, history: list[dict] | None = No
 
 
 def upload_trial_artifacts(trial, run_dir: Path, store, history: list[dict],
-                           samples: tuple[list[str], list[str]] | None, title: str) -> dict[str, str]:
+                           samples: tuple[list[str], list[str]] | None, title: str,
+                           test: tuple[list[str], list[str]] | None = None) -> dict[str, str]:
     """Write the files into the trial's run folder and upload them; returns {filename: artifact_id}."""
     from optuna.artifacts import upload_artifact
 
@@ -184,6 +190,8 @@ def upload_trial_artifacts(trial, run_dir: Path, store, history: list[dict],
         files.append((learning_curve_png(history, run_dir / LEARNING_CURVE, title), "image/png"))
     if samples is not None:
         files.append((translations_csv(samples[0], samples[1], run_dir / TRANSLATIONS), "text/csv"))
+    if test is not None:
+        files.append((translations_csv(test[0], test[1], run_dir / TEST_TRANSLATIONS, n=None), "text/csv"))
     if (run_dir / METRICS).exists():
         files.append((run_dir / METRICS, "application/json"))
     return {p.name: upload_artifact(artifact_store=store, file_path=str(p), study_or_trial=trial, mimetype=mime)

@@ -279,6 +279,49 @@ def start(
         raise typer.Exit(1)
 
 
+@app.command()
+@command
+def confirm(
+    study: StudyOpt = "capacity",
+    top: Annotated[int, typer.Option(help="How many of the search's best configurations to re-train (besides the anchor).")] = 3,
+    seeds: Annotated[int, typer.Option(help="Fresh seeds per configuration.")] = 3,
+    storage: StorageOpt = None,
+    data: DataOpt = None,
+    workers: Annotated[int | None, typer.Option(help="Local worker processes, as for start (0: only create the confirmation study).")] = None,
+    devices: Annotated[str | None, typer.Option(help="Devices to use, e.g. cuda:0,cuda:1, as for start.")] = None,
+    workers_per_device: Annotated[int | None, typer.Option(help="Workers per GPU or MPS device, as for start.")] = None,
+    beam: Annotated[int, typer.Option(help="Beam size for decoding val and test; 1 is greedy, as in the search.")] = 1,
+    checkpoint_dir: CheckpointOpt = None,
+    artifact_dir: ArtifactOpt = None,
+    as_json: JsonOpt = False,
+):
+    """Re-train the search's best configurations and the anchor over fresh seeds; score them on val and test."""
+    from .confirm import run_confirm
+
+    say = (lambda m: err.print(m, highlight=False, markup=False)) if as_json else (
+        lambda m: out.print(m, highlight=False, markup=False))
+    with _TrialProgress(enabled=not as_json) as bar:
+        res = run_confirm(study, top=top, seeds=seeds, storage=storage, data=data, workers=workers, devices=devices,
+                          workers_per_device=workers_per_device, beam=beam, checkpoint_dir=checkpoint_dir,
+                          artifact_dir=artifact_dir, say=say, progress=bar.update)
+    _print_confirmation(res, as_json)
+    if any(c not in (0, None) for c in res.exit_codes):
+        raise typer.Exit(1)
+
+
+def _print_confirmation(res, as_json: bool) -> None:
+    from .summary import summarize
+
+    s = summarize(res.opened.study)
+    if as_json:
+        print(json.dumps({"study": s["study"], "states": s["states"], "seconds": res.seconds,
+                          "exit_codes": res.exit_codes}, default=str))
+        return
+    states = ", ".join(f"{n} {k.lower()}" for k, n in s["states"].items())
+    out.print(f"study {s['study']}: {states} of {s['budget']} runs; {res.seconds:.0f}s with {res.workers} "
+              f"worker(s)", highlight=False)
+
+
 class _WorkerLog:
     """A worker's lines on stderr, prefixed with its number (which the study may hand out only once loaded)."""
 

@@ -95,6 +95,12 @@ class TrialRecord:
     lr_collapsed: bool | None = UNSET
     diagnosis: str | None = UNSET
     samples: list | None = UNSET
+    # confirmation runs (a `<study>.confirm` study, search/confirm.py): the search trial re-trained here, and
+    # the test split's scores (bleu, chrf and val_loss above are the val split's, as in a search trial)
+    confirms_trial: int | None = UNSET
+    test_bleu: float | None = UNSET
+    test_chrf: float | None = UNSET
+    test_loss: float | None = UNSET
 
     @staticmethod
     def stored_name(field_name: str) -> str:
@@ -141,6 +147,9 @@ class StudyRecord:
     h2s_version: str | None = UNSET
     optuna_version: str | None = UNSET
     anchor_note: str | None = UNSET      # says which trial is the anchor, for people reading the attributes
+    # a confirmation study's selection: {"of": study, "top": K, "seeds": [...], "configs": [{"trial": n,
+    # "anchor": bool, "params": {...}}, ...]} (search/confirm.py)
+    confirm: dict | None = UNSET
 
     def attrs(self) -> dict[str, Any]:
         return _attrs(self, STUDY_STORED_AS)

@@ -28,7 +28,9 @@ SAMPLERS = {"tpe": ("n_startup_trials", "n_ei_candidates", "multivariate", "cons
             "random": (), "gp": ("n_startup_trials", "deterministic_objective")}
 METRICS = ("val_loss", "params", "bleu", "chrf", "gap")
 TOP_KEYS = {"name", "description", "direction", "directions", "metric", "metrics", "n_trials", "timeout",
-            "train", "space", "anchor", "pruner", "sampler", "criteria", "constraint", "demo", "encoder_init"}
+            "train", "space", "anchor", "pruner", "sampler", "criteria", "constraint", "demo", "encoder_init",
+            "confirm"}
+CONFIRM_KEYS = ("of", "beam", "test_fingerprint")  # a confirmation study's [confirm] table (search/confirm.py)
 
 
 class SpecError(UserError):
@@ -70,6 +72,12 @@ class StudySpec:
     raw: dict = field(repr=False, default_factory=dict)
     source: str = ""
     encoder_init: str = ""  # the study's pretrained encoder file (top-level key), for the `encoder` arms
+    confirm: dict = field(default_factory=dict)  # [confirm] of a confirmation study: of, beam, test_fingerprint
+
+    @property
+    def is_confirmation(self) -> bool:
+        """Trials re-train a search's configurations and are scored on val and test (search/confirm.py)."""
+        return bool(self.confirm)
 
     @property
     def encoder_arms(self) -> tuple[str, ...]:
@@ -292,6 +300,19 @@ def _demo(raw: dict, base: TrainConfig, source: str) -> dict:
     return dict(demo)
 
 
+def _confirm_table(raw: dict, source: str) -> dict:
+    table = _take(raw, "confirm", dict, source, default={})
+    if not table:
+        return {}
+    where = f"{source} [confirm]"
+    _no_unknown(table, CONFIRM_KEYS, where)
+    out = {"of": _take(table, "of", str, where, required=True), "beam": _take(table, "beam", int, where, default=1),
+           "test_fingerprint": _take(table, "test_fingerprint", str, where, default="")}
+    if out["beam"] < 1:
+        raise SpecError(f"{where}: beam must be >= 1, got {out['beam']}")
+    return out
+
+
 def parse(raw: dict, source: str) -> StudySpec:
     """Validate a study definition (a TOML document as a dict)."""
     _no_unknown(raw, TOP_KEYS, source)
@@ -319,11 +340,12 @@ def parse(raw: dict, source: str) -> StudySpec:
     criteria, max_gap = _criteria_and_gap(raw, source)
     demo = _demo(raw, base, source)
     encoder_init = _take(raw, "encoder_init", str, source, default="")
+    confirm = _confirm_table(raw, source)
     return StudySpec(name=name, description=description, directions=directions, metrics=metrics,
                      n_trials=n_trials, timeout=float(timeout) if timeout else None, train=dict(train_table),
                      space=tuple(space.values()), anchor_name=anchor_name, anchor_params=anchor_params,
                      pruner=pruner, sampler=sampler, criteria=criteria, max_gap=max_gap, demo=demo, raw=raw,
-                     source=source, encoder_init=encoder_init)
+                     source=source, encoder_init=encoder_init, confirm=confirm)
 
 
 def find_study_file(name: str, cwd: Path | None = None) -> Path:

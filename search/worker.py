@@ -32,6 +32,7 @@ from how2sign.run_metrics import RunMetrics
 from how2sign.train import NonFiniteLoss, TrainResult, TrainTimes, train
 
 from .artifacts import note_anchor, open_store, record_trial
+from .confirm import test_split
 from .paths import UnsafePath, inside
 from .pretrained import check_study_encoder
 from .records import UNSET, TrialRecord
@@ -79,13 +80,15 @@ def checkpoint_root(settings: WorkerSettings) -> Path:
 
 
 class StopFlag:
-    """A signal ends the current trial after its current batch, then the worker leaves; a second signal stops
+    """A signal ends the current trial after its current batch, then the worker leaves; a second Ctrl-C stops
     at once. What becomes of the trial depends on who sent it:
 
     - SIGINT (Ctrl-C, a person at a terminal): the trial ends FAIL "interrupted by SIGINT" and counts;
     - PREEMPTING signals (the machine is being taken away: Slurm's time limit, preemption or scancel, its
       advance warning, `docker stop`, a closed terminal, SIGKILL of `start`, which sends SIGTERM): the
-      trial is preempted, back in the queue at once, resumed from its checkpoint and not counted.
+      trial is preempted, back in the queue at once, resumed from its checkpoint and not counted. Repeats
+      change nothing: Slurm sends SIGTERM twice at a time limit and `start` forwards what its workers got
+      already; the machine's own SIGKILL ends a worker that takes too long.
     """
 
     PREEMPTING = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
@@ -108,7 +111,9 @@ class StopFlag:
 
     def _handle(self, signum, _frame) -> None:
         if self.set:
-            raise KeyboardInterrupt
+            if signum == signal.SIGINT:  # a person pressing Ctrl-C again: stop now
+                raise KeyboardInterrupt
+            return
         self.set = True
         self.signal = signal.Signals(signum).name
 
@@ -204,8 +209,8 @@ class TrialRunner:
         run = self.begin(trial)
         run.cfg = self.config(run)
         result = self.train(run, self.resume(run))
-        evaluation = self.evaluate(run, result)
-        return self.finish(run, result, evaluation)
+        val, test = self.evaluate(run, result)
+        return self.finish(run, result, val, test)
 
     def begin(self, trial: optuna.Trial) -> TrialRun:
         """Note which trial this is; record who runs it."""
@@ -285,23 +290,33 @@ class TrialRunner:
         return report
 
     def evaluate(self, run: TrialRun, result: TrainResult):
+        """(val evaluation, test evaluation or None). Only a confirmation study's runs decode the test split;
+        a search never touches it."""
         t0 = time.perf_counter()
+        kw = {"device": str(self.device), "criteria": self.spec.criteria}
+        if self.spec.is_confirmation:
+            kw["beam_size"] = self.spec.confirm["beam"]
         try:
             # The best epoch's validation loss is the one train() measured: no second pass over the split.
-            return self.evaluate_fn(run.out / BEST, self.data.root, "val", device=str(self.device),
-                                    criteria=self.spec.criteria, val_loss=result.best_val_loss)
+            val = self.evaluate_fn(run.out / BEST, self.data.root, "val", val_loss=result.best_val_loss, **kw)
+            test = self.evaluate_fn(run.out / BEST, self.data.root, "test", **kw) if self.spec.is_confirmation else None
+            return val, test
         finally:
             run.clock.evaluate = time.perf_counter() - t0
 
-    def finish(self, run: TrialRun, result: TrainResult, ev) -> float | list[float]:
+    def finish(self, run: TrialRun, result: TrainResult, ev, test=None) -> float | list[float]:
         """Record the result, the diagnosis and the artifacts, then the time split; return the objective value(s)."""
         trial = run.trial
         samples = [{"reference": r, "hypothesis": h}
                    for r, h in list(zip(ev.references, ev.hypotheses, strict=True))[:5]]
+        scores = {} if test is None else {"test_bleu": float(test.bleu), "test_chrf": float(test.chrf),
+                                           "test_loss": float(test.val_loss)}
         _result_record(result, bleu=float(ev.bleu), chrf=float(ev.chrf), vocab_coverage=float(ev.vocab_coverage),
-                       repetition_rate=float(ev.repetition_rate), verdict=ev.verdict, samples=samples).write(trial)
+                       repetition_rate=float(ev.repetition_rate), verdict=ev.verdict, samples=samples,
+                       **scores).write(trial)
         record_trial(trial, run.out, self.store, history=result.history, lr_min=run.lr_floor,
-                     samples=(ev.references, ev.hypotheses), log=self.log)
+                     samples=(ev.references, ev.hypotheses), log=self.log,
+                     test=None if test is None else (test.references, test.hypotheses))
         run.clock.record().write(trial)
         if self.spec.max_gap is not None:
             trial.set_constraint("gap", result.gap - self.spec.max_gap)  # feasible when <= 0
@@ -399,6 +414,11 @@ def _worker_data(settings: WorkerSettings, opened: Opened, log) -> TrainData:
             f"data {choice.root} has fingerprint {data.fingerprint[:12]}, but study {settings.study!r} "
             f"was created on {opened.fingerprint[:12]}; every worker must use the same data")
     check_study_encoder(opened.spec, choice.root)  # a missing encoder file: refused before any trial
+    if opened.spec.is_confirmation:  # its runs are scored on the test split: the same one everywhere
+        test = test_split(choice.root, f"study {settings.study!r}")
+        if test.fingerprint != opened.spec.confirm["test_fingerprint"]:
+            raise FingerprintMismatch(f"the test split of {choice.root} has fingerprint {test.fingerprint[:12]}, but "
+                                      f"study {settings.study!r} is scored on {opened.spec.confirm['test_fingerprint'][:12]}")
     return data
 
 

@@ -569,6 +569,39 @@ def test_postgres_restart_behind_pgbouncer_loses_nothing(pgb_db, new_machine, fl
           f"{states(trials)}; exit codes {rcs}")
 
 
+# --------------------------------------------------------------------------- 10. confirm on PostgreSQL
+def test_two_workers_share_the_confirmation_budget_exactly_and_a_killed_one_is_resumed(pg_db, new_machine,
+                                                                                       fleet_study):
+    """The confirmation study is a study like any other: machines join it with `worker`, the budget of
+    (K + 1) x N runs is exact, and a killed worker's run is retried and resumed from its checkpoint."""
+    epochs = 20
+    study = fleet_study(n_trials=2, epochs=epochs)
+    m, a, b = new_machine("creator"), new_machine("a"), new_machine("b")
+    create(m, pg_db, study)
+    m.cli("start", "--study", study, "--storage", pg_db.url, "--data", m.data, "--workers", 2, timeout=300)
+    res = m.cli("confirm", "--study", "fleet", "--top", 1, "--seeds", 2, "--storage", pg_db.url, "--data", m.data,
+                "--workers", 0)
+    assert "2 configurations x 2 seeds" in res.stdout and "4 runs enqueued" in res.stdout, res.stdout
+    wa, wb = a.worker(pg_db.url, "fleet.confirm"), b.worker(pg_db.url, "fleet.confirm")
+    busy = lambda: [t for t in snapshot(pg_db, "fleet.confirm")[0]  # noqa: E731
+                    if t.state == TrialState.RUNNING and 2 <= (epochs_done(t) or 0) <= epochs - 6]
+    wait_until(lambda: len(busy()) == 2, 240, "both machines two epochs into a confirmation run")
+    wa.signal(signal.SIGKILL)  # machine a dies mid-run; b fails its run once the heartbeat lapses, and resumes it
+    assert wa.wait(10) == -signal.SIGKILL
+    assert wb.wait(300) == 0, wb.output()
+    trials, attrs, _ = snapshot(pg_db, "fleet.confirm")
+    live = counted(trials)
+    assert len(live) == 4 and all(t.state == TrialState.COMPLETE for t in live), states(trials)
+    pairs = sorted((t.user_attrs["confirms_trial"], t.user_attrs["seed"]) for t in live)
+    chosen = attrs["confirm"]
+    assert pairs == sorted((c["trial"], s) for c in chosen["configs"] for s in chosen["seeds"])
+    (retried,) = [t for t in live if t.system_attrs.get("retry_history")]
+    assert retried.user_attrs["resumed_from_epoch"] >= 2
+    assert ran(wb) == 4  # b ran every run to its end: its own, the two waiting and the retry of a's
+    print(f"\n[confirm] 4 runs on 2 machines, one killed mid-run: states {states(trials)}; retry "
+          f"{retried.number} resumed from epoch {retried.user_attrs['resumed_from_epoch']}")
+
+
 # --------------------------------------------------------------------------- 8. docker-compose
 def _docker_compose() -> str:
     exe = shutil.which("docker-compose")

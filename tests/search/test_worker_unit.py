@@ -314,3 +314,22 @@ def test_a_preempting_signal_puts_the_trial_back_and_ctrl_c_fails_it(tmp_path, s
     else:
         assert reason == "interrupted by SIGINT" and len(study.trials) == 1
         assert budget_used(study) == (1, 0)
+
+
+def test_repeated_preempting_signals_change_nothing_and_a_second_ctrl_c_stops_at_once():
+    import signal
+
+    from search.worker import StopFlag
+
+    stop = StopFlag()
+    stop._handle(signal.SIGTERM, None)
+    for sig in (signal.SIGTERM, signal.SIGTERM, signal.SIGUSR2, signal.SIGHUP):  # Slurm's double SIGTERM, ...
+        stop._handle(sig, None)
+    assert stop() and stop.preempted and stop.signal == "SIGTERM"
+    with pytest.raises(KeyboardInterrupt):
+        stop._handle(signal.SIGINT, None)
+    person = StopFlag()
+    person._handle(signal.SIGINT, None)
+    assert person() and not person.preempted
+    with pytest.raises(KeyboardInterrupt):
+        person._handle(signal.SIGINT, None)
