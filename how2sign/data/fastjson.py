@@ -93,7 +93,10 @@ def layout_values(parse, data: bytes) -> list | None:
         # means no 2-D key is there twice.
         if not all(key in person for key in _KEYS_3D):
             return None
-        return [person[key].as_buffer(of_type="d") for key in _KEYS]
+        arrays = [person[key] for key in _KEYS]
+        if any(len(a) != size for a, (_, size, _) in zip(arrays, _COMPONENTS, strict=True)):
+            return None  # the layout allows a 2-D key in its 3-D slot, e.g. an empty (disabled) component
+        return [a.as_buffer(of_type="d") for a in arrays]
     except _SIMDJSON_ERRORS:
         return None
 
@@ -103,7 +106,7 @@ def frame_values(data: bytes) -> list | None:
     "people" is empty, None when the reference must decide."""
     try:
         doc = loads(data)
-    except ValueError:  # orjson refuses some inputs the standard parser takes
+    except (ValueError, RecursionError):  # orjson refuses some inputs the standard parser takes
         return None
     if type(doc) is not dict:
         return None

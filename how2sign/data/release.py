@@ -160,7 +160,9 @@ def parse_json_frame(data: bytes) -> np.ndarray | None:
                 return None
             parts.append(np.asarray(values, dtype=np.float32).reshape(n, 3) if values else np.zeros((n, 3), np.float32))
         return np.concatenate(parts)
-    except (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError):
+    # OverflowError (an integer beyond float range) and RecursionError (nesting deeper than the parser
+    # goes) used to stop the whole pack; a file that holds them is as corrupt as any other.
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError, RecursionError):
         return None
 
 
