@@ -135,7 +135,9 @@ def profile(root: Path, out: Path) -> None:
         buf = io.StringIO()
         pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(14)
         say(f"--- cProfile, {label}, 1 process (tottime order)")
-        say("\n".join(line for line in buf.getvalue().splitlines()[6:] if line.strip()))
+        lines = buf.getvalue().splitlines()
+        say("\n".join([next(x.strip() for x in lines if "function calls" in x)]
+                      + [x for x in lines[6:] if x.strip()]))  # fmt: skip
 
 
 def main() -> None:
