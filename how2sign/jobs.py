@@ -38,8 +38,13 @@ def choose_data(data: Path | None) -> DataChoice:
     return DataChoice(root, True, created)
 
 
-def pack(root: Path, splits: tuple[str, ...] = SPLITS, force: bool = False) -> list:
-    """Pack every split that has a CSV; returns the PackedSplits."""
+def pack(root: Path, splits: tuple[str, ...] = SPLITS, force: bool = False, *, workers: int | None = None,
+         progress=None) -> list:  # fmt: skip
+    """Pack every split that has a CSV (resuming an interrupted pack); returns the PackedSplits.
+
+    `workers`: processes reading clips (default one per core). `progress(split)` gives each split's
+    `(done, total)` callback (see `how2sign.data.pack_split`); None prints lines on stderr as packing on
+    first use does."""
     from .data import DataError, csv_path, pack_split
 
     if not Path(root).is_dir():
@@ -47,7 +52,8 @@ def pack(root: Path, splits: tuple[str, ...] = SPLITS, force: bool = False) -> l
     present = [s for s in splits if csv_path(root, s).exists()]
     if not present:
         raise DataError(f"no split CSV under {root} (looked for {csv_path(root, splits[0])})")
-    return [pack_split(root, s, force=force) for s in present]
+    return [pack_split(root, s, force=force, workers=workers, progress="stderr" if progress is None else progress(s))
+            for s in present]  # fmt: skip
 
 
 def build_config(preset_name: str, epochs: int | None = None, sets: list[str] | None = None) -> TrainConfig:

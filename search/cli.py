@@ -125,12 +125,22 @@ def data_synth(
 def data_pack(
     dir: Annotated[Path, typer.Argument(help="How2Sign root folder.")],
     force: Annotated[bool, typer.Option(help="Re-pack even when a valid cache exists.")] = False,
+    workers: Annotated[int | None, typer.Option(min=1, help="Processes reading clips (default: one per core).")] = None,
     as_json: JsonOpt = False,
 ):
-    """Convert every split once into the memory-mapped float16 cache; print what was packed and skipped."""
+    """Convert every split once into the memory-mapped float16 cache; print what was packed and skipped.
+
+    An interrupted pack (Ctrl-C, a killed process) continues where it stopped when run again."""
     from how2sign.jobs import pack
 
-    splits = pack(dir, force=force)
+    with _PackProgress(err) as bars:
+        try:
+            splits = pack(dir, force=force, workers=workers, progress=bars.split)
+        except KeyboardInterrupt:
+            bars.stop()
+            err.print("interrupted: the clips packed so far are kept; run the same command again to continue",
+                      highlight=False)
+            raise typer.Exit(130) from None
     rows = [s.summary_dict() for s in splits]
     if as_json:
         print(json.dumps(rows, indent=2))
@@ -146,6 +156,50 @@ def data_pack(
         if len(row["skipped_clips"]) > len(shown):
             out.print(f"  ... and {len(row['skipped_clips']) - len(shown)} more (all listed by --json)",
                       highlight=False)
+
+
+class _PackProgress:
+    """Progress of `data pack` on stderr: a rich bar per split (clips, clips/s, time left) on a terminal,
+    plain lines every few seconds otherwise."""
+
+    def __init__(self, console: Console):
+        self.console, self.p = console, None
+
+    def __enter__(self):
+        if self.console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.p = Progress(TextColumn("packing {task.description}"), BarColumn(), MofNCompleteColumn(),
+                              TextColumn("clips"), TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+                              console=self.console, transient=False)  # fmt: skip
+            self.p.start()
+        return self
+
+    def split(self, name: str):
+        from how2sign.data import LineProgress
+        from how2sign.data.progress import Rate
+
+        if self.p is None:
+            return LineProgress(name, after=2.0)  # lines from 2 s on: a quick pack prints only its summary
+        task, rate = None, Rate()
+
+        def update(done: int, total: int) -> None:
+            nonlocal task
+            speed, _ = rate.update(done, total)
+            shown = f"{speed:,.0f} clips/s" if speed else ""
+            if task is None:  # created at the resumed count, so rich's rate counts this run's clips only
+                task = self.p.add_task(name, total=total, completed=done, rate=shown)
+            self.p.update(task, completed=done, rate=shown)
+
+        return update
+
+    def stop(self) -> None:
+        if self.p is not None:
+            self.p.stop()
+            self.p = None
+
+    def __exit__(self, *exc):
+        self.stop()
 
 
 # --------------------------------------------------------------------------- train / evaluate

@@ -1,7 +1,9 @@
 """How2Sign data: release reader, .pose reader, packed cache and length-bucketed batching.
 
-The pieces live in `release` (CSV and keypoint sources), `posefile` (.pose layouts) and
-`cache` (the memory-mapped cache); this package is their public face, plus `bucket_batches`.
+The pieces live in `release` (CSV and keypoint sources; its per-frame JSON reader is the reference),
+`fastjson` (the same JSON result, faster), `posefile` (.pose layouts), `cache` (the memory-mapped cache),
+`packing` (building it: parallel, resumable) and `progress`; this package is their public face, plus
+`bucket_batches`.
 
     split = load_split(root, "train")          # packs on first use, then memory-maps the cache
     for batch in bucket_batches(split.lengths, 64, shuffle=True, rng=np.random.default_rng(0)):
@@ -22,12 +24,12 @@ from how2sign.data.cache import (
     default_cache_dir,
     fingerprint_of,
     h2s_home,
-    load_split,
     open_cache,
-    pack_split,
 )
 from how2sign.data.errors import DataError
+from how2sign.data.packing import default_workers, load_split, pack_split
 from how2sign.data.posefile import read_pose_file
+from how2sign.data.progress import LineProgress
 from how2sign.data.release import (
     CSV_COLUMNS,
     MIN_FRAMES,
@@ -56,6 +58,7 @@ __all__ = [
     "SKIP_TOO_SHORT",
     "CsvRow",
     "DataError",
+    "LineProgress",
     "PackSummary",
     "PackedSplit",
     "bucket_batches",
@@ -63,6 +66,7 @@ __all__ = [
     "compute_fingerprint",
     "csv_path",
     "default_cache_dir",
+    "default_workers",
     "detect_source",
     "fingerprint_of",
     "h2s_home",

@@ -7,28 +7,26 @@ Cache folder layout (default `<root>/h2s-packed/<split>/`, see `default_cache_di
     meta.json      clip names, video ids, sentences, fps, CSV rows, point selection, FEATURE_VERSION,
                    fingerprint, CSV mtime/size at pack time, and the pack summary
 
-A cache is written into a temporary sibling folder and renamed into place, so a crash never leaves a
-half-written cache and two processes packing the same split at once both end up with a valid one.
+A cache is built in a sibling folder (`packing`: parallel and resumable) and renamed into place, so a
+crash never leaves a half-written cache and two processes packing the same split at once both end up
+with a valid one.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from how2sign.data.errors import DataError
-from how2sign.data.release import SKIP_REASONS, check_root, csv_path, detect_source, read_clip, read_csv
 from how2sign.features import DEFAULT_POINTS, FEATURE_VERSION, check_points
 
 META_FORMAT = 1
@@ -244,91 +242,3 @@ def _publish(tmp: Path, target: Path, *, replace: bool, stamp: dict, points: tup
             continue
         shutil.rmtree(trash, ignore_errors=True)  # open memmaps of the old cache stay valid (POSIX)
     raise DataError(f"could not move the packed cache into place: {target}")
-
-
-def pack_split(root: str | Path, split: str, cache_dir: str | Path | None = None, *, force: bool = False,
-               points: Sequence[int] = DEFAULT_POINTS, workers: int = 1,
-               progress: Callable[[int, int], None] | None = None) -> PackedSplit:  # fmt: skip
-    """Parse one split once into the packed cache and open it.
-
-    A current cache (see `open_cache`) is reused unless `force`. `workers` > 1 parses clips in that
-    many processes; `progress(done, total)` is called after each CSV row.
-    """
-    root, points = check_root(root), check_points(points)
-    csv = csv_path(root, split)
-    if not csv.is_file():
-        raise DataError(f"split CSV not found: {csv}")
-    stamp = _csv_stamp(csv)
-    if not force:
-        for c in [Path(cache_dir)] if cache_dir else cache_candidates(root, split, points):
-            if (found := open_cache(c, stamp=stamp, points=points)) is not None:
-                return found
-    rows = read_csv(csv)
-    source, folder = detect_source(root, split)
-    target = Path(cache_dir) if cache_dir else default_cache_dir(root, split, points)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        meta = _write_cache(tmp, rows, split, source, folder, points, workers, progress)
-        meta.update(stamp, root=str(root.resolve()), csv=str(csv))
-        (tmp / META_FILE).write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
-        if meta["summary"]["packed"] == 0:
-            raise DataError(f"no usable clips in {csv}: {PackSummary.from_dict(meta['summary']).line()}")
-        _publish(tmp, target, replace=force, stamp=stamp, points=points)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    for attempt in range(20):  # a concurrent forced re-pack may be swapping the folder right now
-        if (opened := open_cache(target, stamp=stamp, points=points)) is not None:
-            return opened
-        time.sleep(0.05 * (attempt + 1))
-    raise DataError(f"packed cache is unreadable right after writing it: {target}")
-
-
-def _write_cache(tmp: Path, rows: list, split: str, source: str, folder: Path, points: tuple[int, ...],
-                 workers: int, progress: Callable[[int, int], None] | None) -> dict:  # fmt: skip
-    """Stream every row's features into tmp/features.f16; write offsets; return meta (without stamp)."""
-    work = functools.partial(read_clip, source=source, folder=folder, points=points)
-    kept: list = []
-    offsets = [0]
-    skipped = {r: 0 for r in SKIP_REASONS}
-    skipped_clips: list[tuple[str, str]] = []
-    corrupt = 0
-    pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 and len(rows) > 1 else None
-    try:
-        results = pool.map(work, rows, chunksize=max(1, len(rows) // (workers * 8))) if pool else map(work, rows)
-        with open(tmp / FEATURES_FILE, "wb") as out:
-            for done, res in enumerate(results, 1):
-                row = rows[res.row]
-                corrupt += res.corrupt_files
-                if res.reason is not None:
-                    skipped[res.reason] += 1
-                    skipped_clips.append((row.sentence_name, res.reason))
-                else:
-                    np.clip(res.features, -_F16_MAX, _F16_MAX).astype(np.float16).tofile(out)
-                    offsets.append(offsets[-1] + len(res.features))
-                    kept.append((row, res.fps))
-                if progress is not None:
-                    progress(done, len(rows))
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
-    np.save(tmp / OFFSETS_FILE, np.asarray(offsets, dtype=np.int64))
-    names = [r.sentence_name for r, _ in kept]
-    sentences = [r.sentence for r, _ in kept]
-    summary = PackSummary(split, source, len(rows), len(kept), offsets[-1], {k: v for k, v in skipped.items() if v},
-                          skipped_clips, corrupt)  # fmt: skip
-    return {
-        "format": META_FORMAT, "feature_version": FEATURE_VERSION, "split": split, "points": list(points),
-        "num_points": len(points), "total_frames": offsets[-1], "dtype": "float16",
-        "fingerprint": compute_fingerprint(names, sentences, np.diff(offsets)),
-        "clips": {"names": names, "video_ids": [r.video_id for r, _ in kept], "sentences": sentences,
-                  "fps": [fps for _, fps in kept], "rows": [r.row for r, _ in kept]},
-        "summary": summary.to_dict(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }  # fmt: skip
-
-
-def load_split(root: str | Path, split: str, cache_dir: str | Path | None = None, *,
-               points: Sequence[int] = DEFAULT_POINTS, workers: int = 1,
-               progress: Callable[[int, int], None] | None = None) -> PackedSplit:  # fmt: skip
-    """The split's packed cache, built first when missing or stale (CSV changed, FEATURE_VERSION bumped)."""
-    return pack_split(root, split, cache_dir, force=False, points=points, workers=workers, progress=progress)

@@ -11,6 +11,7 @@ import csv
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,10 +133,22 @@ def detect_source(root: str | Path, split: str) -> tuple[str, Path]:
 
 def read_json_frame(path: str | Path) -> np.ndarray | None:
     """One OpenPose frame file -> (137, 3) float32 of the first person (zeros when "people" is empty),
-    or None when the file is corrupt (bad JSON, wrong structure, wrong list lengths)."""
+    or None when the file is corrupt (unreadable, bad JSON, wrong structure, wrong list lengths).
+
+    This per-frame reader is the reference: `how2sign.data.fastjson` reads whole clips faster and must
+    give exactly its result for every input (tests/how2sign/test_pack.py checks that)."""
     try:
         with open(path, "rb") as f:
-            doc = json.loads(f.read())
+            data = f.read()
+    except OSError:
+        return None
+    return parse_json_frame(data)
+
+
+def parse_json_frame(data: bytes) -> np.ndarray | None:
+    """The bytes of one OpenPose frame file -> (137, 3) float32, as `read_json_frame` describes."""
+    try:
+        doc = json.loads(data)
         people = doc["people"]
         if not people:
             return np.zeros((NUM_POINTS, 3), dtype=np.float32)
@@ -147,8 +160,21 @@ def read_json_frame(path: str | Path) -> np.ndarray | None:
                 return None
             parts.append(np.asarray(values, dtype=np.float32).reshape(n, 3) if values else np.zeros((n, 3), np.float32))
         return np.concatenate(parts)
-    except (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError):
+    # OverflowError (an integer beyond float range) and RecursionError (nesting deeper than the parser
+    # goes) used to stop the whole pack; a file that holds them is as corrupt as any other.
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError, RecursionError):
         return None
+
+
+def frame_names(folder: Path) -> list[str] | None:
+    """A clip folder's frame file names (`*_<index>_keypoints.json`), sorted by frame index (then name);
+    None when the folder does not exist."""
+    try:
+        entries = [(int(m.group(1)), e.name) for e in os.scandir(folder) if (m := _FRAME_RE.search(e.name))]
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    entries.sort()
+    return [name for _, name in entries]
 
 
 def read_json_clip(folder: Path) -> tuple[np.ndarray, int] | None:
@@ -156,15 +182,13 @@ def read_json_clip(folder: Path) -> tuple[np.ndarray, int] | None:
 
     None when the folder does not exist. A corrupt frame becomes an empty frame (all points missing).
     """
-    try:
-        entries = [(int(m.group(1)), e.path) for e in os.scandir(folder) if (m := _FRAME_RE.search(e.name))]
-    except (FileNotFoundError, NotADirectoryError):
+    names = frame_names(folder)
+    if names is None:
         return None
-    entries.sort()
-    kp = np.zeros((len(entries), NUM_POINTS, 3), dtype=np.float32)
+    kp = np.zeros((len(names), NUM_POINTS, 3), dtype=np.float32)
     corrupt = 0
-    for t, (_, path) in enumerate(entries):
-        frame = read_json_frame(path)
+    for t, name in enumerate(names):
+        frame = read_json_frame(os.path.join(folder, name))
         if frame is None:
             corrupt += 1
         else:
@@ -183,13 +207,17 @@ class ClipResult:
     corrupt_files: int = 0
 
 
-def read_clip(row: CsvRow, source: str, folder: Path, points: tuple[int, ...]) -> ClipResult:
-    """Read and normalise one row's keypoints, or say why the row is skipped."""
+def read_clip(row: CsvRow, source: str, folder: Path, points: tuple[int, ...],
+              json_clip: Callable[[Path], tuple[np.ndarray, int] | None] = read_json_clip) -> ClipResult:  # fmt: skip
+    """Read and normalise one row's keypoints, or say why the row is skipped.
+
+    `json_clip` reads a JSON clip folder: the reference `read_json_clip`, or `fastjson.read_json_clip_fast`
+    (same result, faster)."""
     if not row.sentence:
         return ClipResult(row.row, None, DEFAULT_FPS, SKIP_EMPTY_SENTENCE)
     fps, corrupt = DEFAULT_FPS, 0
     if source == SOURCE_JSON:
-        got = read_json_clip(folder / row.sentence_name)
+        got = json_clip(folder / row.sentence_name)
         if got is None:
             return ClipResult(row.row, None, fps, SKIP_NO_KEYPOINTS)
         kp, corrupt = got

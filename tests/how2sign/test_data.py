@@ -15,6 +15,7 @@ from pose_format.pose_header import PoseHeader, PoseHeaderComponent, PoseHeaderD
 from pose_format.utils.openpose import load_openpose
 
 import how2sign.data.cache as data_cache
+import how2sign.data.packing as data_packing
 from how2sign.data import (
     CSV_COLUMNS,
     DataError,
@@ -260,13 +261,13 @@ def test_unknown_pose_layout_is_a_data_error_and_corrupt_files_are_skipped(tmp_p
 @pytest.fixture
 def parse_counter(monkeypatch):
     calls = []
-    real = data_cache.read_clip
+    real = data_packing.read_clip
 
-    def counting(row, **kw):
+    def counting(row, *args, **kw):
         calls.append(row.sentence_name)
-        return real(row, **kw)
+        return real(row, *args, **kw)
 
-    monkeypatch.setattr(data_cache, "read_clip", counting)
+    monkeypatch.setattr(data_packing, "read_clip", counting)
     return calls
 
 
@@ -298,6 +299,7 @@ def test_feature_version_bump_rebuilds_and_explicit_cache_dir_is_used(tmp_path, 
     cache = tmp_path / "elsewhere" / "train"
     assert load_split(root, "train", cache).path == cache and len(parse_counter) == 1
     monkeypatch.setattr(data_cache, "FEATURE_VERSION", 999)
+    monkeypatch.setattr(data_packing, "FEATURE_VERSION", 999)
     assert json.loads((load_split(root, "train", cache).path / "meta.json").read_text())["feature_version"] == 999
     assert len(parse_counter) == 2 and not (root / "h2s-packed").exists()
 
