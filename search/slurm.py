@@ -125,17 +125,40 @@ def require_slurm() -> None:
                         "slurm on the cluster's login node")
 
 
-def slurm_command(argv: list[str]) -> str:
-    """Run a Slurm client command; its stdout. A refusal is one UserError line with Slurm's own words."""
+def _run(argv: list[str]) -> subprocess.CompletedProcess:
     try:
-        res = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        return subprocess.run(argv, capture_output=True, text=True, timeout=120)
     except FileNotFoundError:
         require_slurm()
         raise
+
+
+def _said(res: subprocess.CompletedProcess) -> str:
+    """Slurm's reason for a refusal: its first error line, else its last line."""
+    lines = [line.strip() for line in (res.stderr + res.stdout).splitlines() if line.strip()]
+    line = next((li for li in lines if "error" in li.lower()), lines[-1] if lines else f"exit code {res.returncode}")
+    return line.removeprefix("sbatch: ").removeprefix("error: ")
+
+
+def slurm_command(argv: list[str]) -> str:
+    """Run a Slurm client command; its stdout. A refusal is one UserError line with Slurm's own words."""
+    res = _run(argv)
     if res.returncode != 0:
-        said = (res.stderr.strip() or res.stdout.strip() or f"exit code {res.returncode}").splitlines()[-1]
-        raise UserError(f"{argv[0]}: {said}")
+        raise UserError(f"{argv[0]}: {_said(res)}")
     return res.stdout
+
+
+def sbatch_test(script: str) -> str:
+    """`sbatch --test-only` on the script: when and where Slurm would start it, submitting nothing. A
+    refusal (partition, CPUs, GPUs, time limit) is one UserError line, before the study is touched."""
+    with tempfile.NamedTemporaryFile("w", prefix="h2s-sbatch-", suffix=".sh") as f:
+        f.write(script)
+        f.flush()
+        res = _run(["sbatch", "--test-only", f.name])
+    if res.returncode != 0:
+        raise UserError(f"sbatch refuses this array: {_said(res)}")
+    lines = [line.strip() for line in res.stderr.splitlines() if line.strip()]
+    return lines[-1].removeprefix("sbatch: ") if lines else "accepted"
 
 
 def partition_minutes(partition: str | None) -> int:
@@ -167,7 +190,7 @@ def task_cpus(req: SlurmRequest) -> int:
 def parameters(req: SlurmRequest, study_name: str, minutes: int) -> dict:
     """submitit's update_parameters for one task of the array (None: not set; AutoExecutor drops it)."""
     return {"name": f"h2s-{study_name}", "nodes": 1, "tasks_per_node": 1, "cpus_per_task": task_cpus(req),
-            "gpus_per_node": req.gpus_per_job or None, "timeout_min": minutes, "stderr_to_stdout": True,
+            "gpus_per_node": req.gpus_per_job or None, "timeout_min": minutes,
             "slurm_partition": req.partition, "slurm_account": req.account, "slurm_mem": req.mem,
             "slurm_setup": list(req.setup) or None}
 
@@ -282,7 +305,9 @@ def _absolute(path: Path | None) -> str | None:
 
 
 def submit(req: SlurmRequest, say=print) -> Submission:
-    """Create or load the study, then submit one array of req.jobs tasks (or, dry run, only show it)."""
+    """Create or load the study, then submit one array of req.jobs tasks (or, dry run, only show it).
+
+    Slurm checks the script (`sbatch --test-only`) before the study is created or loaded."""
     from .spec import find_study_file, load_spec
     from .storage import parse_url
 
@@ -293,9 +318,10 @@ def submit(req: SlurmRequest, say=print) -> Submission:
     minutes = time_minutes(req.time) if req.time else partition_minutes(req.partition)
     logs = Path(req.logs or DEFAULT_LOGS).resolve()
     executor = make_executor(logs, parameters(req, spec.name, minutes))
+    script = sbatch_script(executor, req.jobs)
+    say(f"sbatch --test-only: {sbatch_test(script)}")
     if req.dry_run:
-        return Submission(spec.name, parse_url(url).masked, "", req.jobs, logs, sbatch_script(executor, req.jobs),
-                          True, minutes)
+        return Submission(spec.name, parse_url(url).masked, "", req.jobs, logs, script, True, minutes)
     name = prepare_study(req, url, say)
     task = ArrayTask(name, find_study_file(req.study).read_text(), url, _absolute(req.data), req.gpus_per_job,
                      req.workers_per_device, _absolute(req.checkpoint_dir), _absolute(req.artifact_dir))
@@ -332,11 +358,11 @@ def submission_lines(s: Submission, storage_given: bool) -> list[str]:
     if s.dry_run:
         return [s.script.rstrip("\n")]
     array = f"array {s.job_id} ({s.tasks} tasks)" if s.tasks > 1 else f"job {s.job_id}"
-    log = f"{s.job_id}_<task>_0_log.out" if s.tasks > 1 else f"{s.job_id}_0_log.out"
+    log = f"{s.job_id}_<task>_0_log.err" if s.tasks > 1 else f"{s.job_id}_0_log.err"
     return [f"submitted Slurm {array} for study {s.study!r} in {s.url}; time limit {s.minutes} min per task",
             f"  queue:  squeue -j {s.job_id}",
             f"  trials: h2s-search status --study {s.study}{storage_flag} --watch",
-            f"  logs:   {s.logs}/{log}",
+            f"  logs:   {s.logs}/{log} (start and its workers; submitit's own lines in _log.out)",
             f"  cancel: h2s-search slurm --study {s.study}{storage_flag} --cancel"]
 
 
@@ -371,6 +397,13 @@ class Cancelled:
     running_trials: list[int] = field(default_factory=list)   # trials of theirs still RUNNING after
 
 
+def stored_name(study: str) -> str:
+    """--study as given to submit: a study file's path names the study inside it; a name is itself."""
+    from .spec import load_spec
+
+    return load_spec(study).name if study.endswith(".toml") or "/" in study else study
+
+
 def cancel(study: str, storage: str | None, wait_s: float = CANCEL_WAIT_S) -> Cancelled:
     """scancel the study's arrays that are pending or running, and wait until Slurm shows none of them."""
     from optuna.trial import TrialState
@@ -379,12 +412,12 @@ def cancel(study: str, storage: str | None, wait_s: float = CANCEL_WAIT_S) -> Ca
     from .study import load_stored
 
     require_slurm()
-    opened = load_stored(storage, study, heartbeat=False)
+    opened = load_stored(storage, stored_name(study), heartbeat=False)
     arrays = [str(a) for a in StudyRecord.read(opened.study).slurm_arrays or []]
     tasks = active_tasks(arrays)
     if not tasks:
         raise UserError(f"study {opened.spec.name!r} has no Slurm job pending or running to cancel"
-                        + (f" (its arrays {', '.join(arrays)} have ended)" if arrays else
+                        + (f" (submitted: {', '.join(arrays)}; all have ended)" if arrays else
                            " (h2s-search slurm has not submitted any for it)"))
     t0 = time.monotonic()
     slurm_command(["scancel", *sorted({t.array for t in tasks})])
