@@ -33,7 +33,7 @@ from how2sign.train import NonFiniteLoss, TrainResult, TrainTimes, train
 from .artifacts import note_anchor, open_store, record_trial
 from .pretrained import check_study_encoder
 from .records import UNSET, TrialRecord
-from .slurm import slurm_job_id
+from .slurm_job import slurm_job_id
 from .space import config_from_trial
 from .storage import BudgetSpent, heartbeat_settings
 from .study import Admission, BudgetGate, FingerprintMismatch, Opened, load_stored

@@ -18,15 +18,8 @@ import pytest
 from optuna.trial import TrialState
 
 from search.errors import UserError
-from search.slurm import (
-    ArrayTask,
-    SlurmRequest,
-    active_tasks,
-    check,
-    slurm_job_id,
-    start_command,
-    time_minutes,
-)
+from search.slurm import SlurmRequest, active_tasks, check, time_minutes
+from search.slurm_job import ArrayTask, slurm_job_id, start_command
 
 STATES_UP = ("idle", "mixed", "allocated")
 
