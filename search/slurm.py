@@ -255,11 +255,21 @@ def submit(req: SlurmRequest, say=print) -> Submission:
     name = prepare_study(req, url, say)
     task = ArrayTask(name, find_study_file(req.study).read_text(), url, _absolute(req.data), req.gpus_per_job,
                      req.workers_per_device, _absolute(req.checkpoint_dir), _absolute(req.artifact_dir))
+    private_folder(logs, say)
     jobs = submit_array(executor, task, req.jobs)
     job_id = jobs[0].job_id.split("_")[0]
     record_array(url, name, job_id)
     script = (logs / f"{job_id}_submission.sh").read_text()
     return Submission(name, parse_url(url).masked, job_id, req.jobs, logs, script, False, minutes)
+
+
+def private_folder(logs: Path, say) -> None:
+    """The logs folder holds the pickled task, storage URL and password included: a new one is made
+    readable by its owner only (the nodes run the tasks as that user); an open one is pointed out."""
+    logs.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if logs.stat().st_mode & 0o077:
+        say(f"note: {logs} is readable by others, and the tasks pickled there carry the storage URL with its "
+            f"password; chmod 700 {logs}")
 
 
 def submit_array(executor, task: ArrayTask, n: int) -> list:

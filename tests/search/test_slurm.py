@@ -126,6 +126,7 @@ def test_two_array_tasks_of_cpu_workers_finish_the_budget_exactly(slurm, new_mac
     wait_until(lambda: not active_tasks([array]), 240, f"array {array} to finish")
     # --dry-run printed exactly the script submitit then submitted
     assert dry == (m.dir / "logs" / f"{array}_submission.sh").read_text().rstrip("\n") + "\n"
+    assert (m.dir / "logs").stat().st_mode & 0o777 == 0o700  # the pickled tasks carry the storage URL
     s = study_of(pg_db, "slurm2")
     assert s.user_attrs["slurm_arrays"] == [array]
     trials = s.get_trials()
