@@ -376,6 +376,48 @@ def _print_confirmation(res, as_json: bool) -> None:
               f"worker(s)", highlight=False)
 
 
+@app.command()
+@command
+def slurm(
+    study: StudyOpt = "capacity",
+    storage: StorageOpt = None,
+    jobs: Annotated[int | None, typer.Option(help="Array tasks to submit; each runs start on its own devices.")] = None,
+    gpus_per_job: Annotated[int, typer.Option(help="GPUs per task (0: CPU workers, one per CPU of the task).")] = 0,
+    workers_per_device: Annotated[int | None, typer.Option(help="Workers per GPU of a task (default: start's, 4 capped by memory).")] = None,
+    partition: Annotated[str | None, typer.Option(help="Slurm partition (default: the cluster's default).")] = None,
+    time_limit: Annotated[str | None, typer.Option("--time", help="Time limit per task, HH:MM:SS (default: the partition's).")] = None,
+    account: Annotated[str | None, typer.Option(help="Slurm account to charge.")] = None,
+    mem: Annotated[str | None, typer.Option(help="Memory per task, as sbatch --mem (e.g. 16G).")] = None,
+    cpus_per_task: Annotated[int | None, typer.Option(help="CPUs per task (default: one per GPU worker; 1 for CPU tasks).")] = None,
+    logs: Annotated[Path | None, typer.Option(help="submitit's folder, shared by the nodes: scripts, pickles, logs (default: ./h2s-slurm-logs).")] = None,
+    data: DataOpt = None,
+    setup: Annotated[list[str] | None, typer.Option(help="A shell line for the sbatch script before the task, e.g. 'module load cuda' (repeatable).")] = None,
+    n_trials: Annotated[int | None, typer.Option(help="Trial budget of the study (default: the study file's).")] = None,
+    checkpoint_dir: CheckpointOpt = None,
+    artifact_dir: ArtifactOpt = None,
+    dry_run: Annotated[bool, typer.Option(help="Print the sbatch script that would be submitted; submit nothing, create nothing.")] = False,
+    cancel: Annotated[bool, typer.Option(help="Cancel this study's pending and running arrays and wait until they are gone.")] = False,
+):
+    """Create (or load) the study, then submit one Slurm job array of workers through submitit."""
+    from .slurm import SlurmRequest, cancel_lines, submission_lines, submit
+    from .slurm import cancel as cancel_arrays
+
+    def say(m: str) -> None:  # start's lines; stdout is for the script or the job id
+        err.print(m, highlight=False, markup=False)
+
+    if cancel:
+        res = cancel_arrays(study, storage)
+        for line in cancel_lines(res):
+            out.print(line, highlight=False, markup=False)
+        if res.remaining:
+            raise typer.Exit(1)
+        return
+    req = SlurmRequest(study, storage, jobs, data, n_trials, gpus_per_job, workers_per_device, partition, time_limit,
+                       account, mem, cpus_per_task, logs, tuple(setup or ()), checkpoint_dir, artifact_dir, dry_run)
+    for line in submission_lines(submit(req, say=say), storage_given=storage is not None):
+        out.print(line, highlight=False, markup=False)
+
+
 class _WorkerLog:
     """A worker's lines on stderr, prefixed with its number (which the study may hand out only once loaded)."""
 

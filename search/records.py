@@ -72,6 +72,7 @@ class TrialRecord:
     # where and how fast
     device: str | None = UNSET
     host: str | None = UNSET
+    slurm_job_id: str | None = UNSET  # "<array>_<task>" or "<job>" inside Slurm (search.slurm.slurm_job_id)
     seconds: float | None = UNSET
     frames_per_second: float | None = UNSET
     # where the time went; the four add up to `seconds`
@@ -150,6 +151,7 @@ class StudyRecord:
     # a confirmation study's selection: {"of": study, "top": K, "seeds": [...], "configs": [{"trial": n,
     # "anchor": bool, "params": {...}}, ...]} (search/confirm.py)
     confirm: dict | None = UNSET
+    slurm_arrays: list | None = UNSET    # Slurm array job ids `h2s-search slurm` submitted, oldest first
 
     def attrs(self) -> dict[str, Any]:
         return _attrs(self, STUDY_STORED_AS)

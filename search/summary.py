@@ -12,7 +12,7 @@ from .study import anchor_trials, budget_used
 
 # A trial's record fields shown in status, best and start (as the keys of a row, n_params included).
 ROW_FIELDS = ("n_params", "epochs_run", "best_epoch", "train_loss", "val_loss", "gap", "bleu", "chrf",
-              "vocab_coverage", "repetition_rate", "verdict", "device", "host", "seconds", "seconds_train",
+              "vocab_coverage", "repetition_rate", "verdict", "device", "host", "slurm_job_id", "seconds", "seconds_train",
               "seconds_validate", "seconds_evaluate", "seconds_other", "resumed_from_epoch", "fail_reason")
 
 
@@ -51,8 +51,9 @@ def summarize(study: optuna.Study) -> dict:
         if t.state == TrialState.RUNNING:
             start = t.datetime_start.replace(tzinfo=None) if t.datetime_start else None
             r = TrialRecord.read(t)
-            running.append({"number": t.number, "host": r.host, "device": r.device, "epochs_run": epochs_done(t),
-                            "anchor": bool(r.anchor), "running_seconds": (now - start).total_seconds() if start else None})
+            running.append({"number": t.number, "host": r.host, "slurm_job_id": r.slurm_job_id, "device": r.device,
+                            "epochs_run": epochs_done(t), "anchor": bool(r.anchor),
+                            "running_seconds": (now - start).total_seconds() if start else None})
     return {
         "study": study.study_name,
         "directions": [d.name.lower() for d in study.directions],

@@ -20,11 +20,13 @@ def status_view(s: dict):
     parts = [states]
     if s["running"]:
         run = Table(title="running", show_edge=False)
-        for col in ("trial", "host", "device", "epochs", "for"):
+        slurm = any(r.get("slurm_job_id") for r in s["running"])  # the column only where a trial runs in Slurm
+        for col in ("trial", "host", *(("slurm job",) if slurm else ()), "device", "epochs", "for"):
             run.add_column(col)
         for r in s["running"]:
             secs = r["running_seconds"]
-            run.add_row(f"{r['number']}{' (anchor)' if r['anchor'] else ''}", str(r["host"] or "-"),
+            job = (str(r.get("slurm_job_id") or "-"),) if slurm else ()
+            run.add_row(f"{r['number']}{' (anchor)' if r['anchor'] else ''}", str(r["host"] or "-"), *job,
                         str(r["device"] or "-"), str(r["epochs_run"] or 0), "-" if secs is None else f"{secs:.0f}s")
         parts.append(run)
     lines = comparison_lines(s)[1:]

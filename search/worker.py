@@ -36,6 +36,7 @@ from .confirm import test_split
 from .paths import UnsafePath, inside
 from .pretrained import check_study_encoder
 from .records import UNSET, TrialRecord
+from .slurm_job import slurm_job_id
 from .space import config_from_trial
 from .storage import BudgetSpent, heartbeat_settings
 from .study import BudgetGate, FingerprintMismatch, Opened, load_stored
@@ -218,8 +219,10 @@ class TrialRunner:
         clock = Clock()
         stored = TrialRecord.read(trial)  # a heartbeat retry inherits the dead trial's attributes
         run = TrialRun(trial, inside(self.root, f"trial-{trial.number:05d}"), stored.checkpoint, clock)
+        job = slurm_job_id()  # absent outside Slurm; a retry outside Slurm clears the one it inherited
         TrialRecord(anchor=False if stored.anchor is None else UNSET, checkpoint=str(run.out), host=self.host,
-                    device=describe(self.device), h2s_version=__version__, torch_version=str(torch.__version__),
+                    slurm_job_id=job or (None if stored.slurm_job_id else UNSET), device=describe(self.device),
+                    h2s_version=__version__, torch_version=str(torch.__version__),
                     optuna_version=optuna.__version__, resumed_from_epoch=None, fail_reason=None).write(trial)
         return run
 

@@ -1,0 +1,198 @@
+"""`h2s-search slurm` against a real Slurm: the machine's one-node cluster (`.ci/slurm` starts it) and its
+PostgreSQL. Arrays are submitted for real; their tasks run `start` with this venv's python on this machine.
+
+The tests that need the cluster skip, saying why, where no Slurm is up; the flag checks run everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from search.errors import UserError
+from search.slurm import SlurmRequest, active_tasks, check, time_minutes
+from search.slurm_job import ArrayTask, slurm_job_id, start_command
+
+STATES_UP = ("idle", "mixed", "allocated")
+
+
+def slurm_down() -> str | None:
+    """Why the one-node Slurm cannot take an array here, or None when it can."""
+    if shutil.which("sbatch") is None:
+        return "Slurm is not installed (apt-get install slurm-wlm munge; .ci/slurm starts a one-node cluster)"
+    res = subprocess.run(["sinfo", "--noheader", "--format=%T"], capture_output=True, text=True, timeout=30)
+    if res.returncode != 0:
+        return f"Slurm is not running ({res.stderr.strip()}); .ci/slurm starts a one-node cluster"
+    if not any(s.strip("*~#") in STATES_UP for s in res.stdout.split()):
+        return f"no Slurm node is up (sinfo: {res.stdout.split()}); .ci/slurm starts one"
+    return None
+
+
+@pytest.fixture
+def slurm() -> None:
+    reason = slurm_down()
+    if reason:
+        pytest.skip(reason)
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.5):
+    end = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > end:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+    return value
+
+
+def study_of(db, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=db.url)
+
+
+def submitted_id(stdout: str) -> str:
+    """The array id from `submitted Slurm array 12 (2 tasks) ...`."""
+    first = stdout.splitlines()[0].split()
+    return first[first.index("array") + 1] if "array" in first else first[first.index("job") + 1]
+
+
+def one_line_error(res: subprocess.CompletedProcess, *words: str) -> None:
+    assert res.returncode == 2, res.stdout + res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in res.stderr, res.stderr
+    assert all(w in lines[0] for w in words), lines[0]
+
+
+# --------------------------------------------------------------------------- everywhere
+def test_time_is_whole_minutes_rounded_up_and_bad_values_are_refused():
+    assert time_minutes("00:30:00") == 30 and time_minutes("1-02:00:30") == 26 * 60 + 1
+    assert time_minutes("00:00:01") == 1
+    for bad in ("1:2", "90", "00:61:00", "00:00:00", "soon"):
+        with pytest.raises(UserError, match="--time"):
+            time_minutes(bad)
+    for req, flag in ((SlurmRequest("s", jobs=0), "--jobs"), (SlurmRequest("s"), "--jobs"),
+                      (SlurmRequest("s", jobs=1, mem="lots"), "--mem"),
+                      (SlurmRequest("s", jobs=1, cpus_per_task=0), "--cpus-per-task")):
+        with pytest.raises(UserError, match=flag):
+            check(req)
+
+
+def test_the_job_id_is_slurms_own_notation():
+    assert slurm_job_id({"SLURM_ARRAY_JOB_ID": "12", "SLURM_ARRAY_TASK_ID": "3", "SLURM_JOB_ID": "15"}) == "12_3"
+    assert slurm_job_id({"SLURM_JOB_ID": "15"}) == "15"
+    assert slurm_job_id({}) is None
+
+
+def test_a_cpu_task_runs_one_single_threaded_worker_per_cpu_and_no_gpu(tmp_path):
+    task = ArrayTask("s", "", "postgresql://u@db/x", "/data", 0, None, "/ck", None)
+    cmd, env = start_command(task, tmp_path / "s.toml", {"SLURM_CPUS_PER_TASK": "3", "CUDA_VISIBLE_DEVICES": "0"})
+    assert cmd[cmd.index("--workers") + 1] == "3" and cmd[cmd.index("--devices") + 1] == "cpu"
+    assert env["CUDA_VISIBLE_DEVICES"] == "" and env["OMP_NUM_THREADS"] == "1"
+    assert cmd[cmd.index("--data") + 1] == "/data" and "--artifact-dir" not in cmd
+    gpu = ArrayTask("s", "", "postgresql://u@db/x", None, 2, 3, None, None)
+    cmd, env = start_command(gpu, tmp_path / "s.toml", {"CUDA_VISIBLE_DEVICES": "4,5"})
+    assert cmd[cmd.index("--workers-per-device") + 1] == "3" and "--workers" not in cmd
+    assert env["CUDA_VISIBLE_DEVICES"] == "4,5"  # the GPUs Slurm gave the task
+
+
+def test_bad_flags_are_one_line_and_exit_2(new_machine, fleet_study):
+    m = new_machine("login")
+    study = fleet_study("badflags")
+    base = ("slurm", "--study", study, "--storage", "postgresql://postgres@127.0.0.1:5432/never_reached")
+    one_line_error(m.cli(*base, "--jobs", "0", check=False), "--jobs", "0")
+    one_line_error(m.cli(*base, "--jobs", "2", "--time", "2h", check=False), "--time", "2h")
+    one_line_error(m.cli("slurm", "--study", study, "--storage", f"sqlite:///{m.dir / 's.db'}", "--jobs", "1",
+                         check=False), "SQLite", "postgresql")
+    no_slurm = {"PATH": str(m.dir)}  # python is started by its full path; sbatch and friends are not found
+    one_line_error(m.cli(*base, "--jobs", "2", check=False, env=no_slurm), "no Slurm", "sbatch")
+
+
+# --------------------------------------------------------------------------- on the real cluster
+def test_two_array_tasks_of_cpu_workers_finish_the_budget_exactly(slurm, new_machine, fleet_study, pg_db):
+    m = new_machine("login")
+    study = fleet_study("slurm2", n_trials=4, epochs=2)
+    flags = ("--study", study, "--storage", pg_db.url, "--data", m.data, "--jobs", "2", "--cpus-per-task", "1",
+             "--time", "00:10:00", "--logs", m.dir / "logs", "--setup", "echo setup line ran")
+    dry = m.cli("slurm", *flags, "--dry-run").stdout
+    res = m.cli("slurm", *flags)
+    array = submitted_id(res.stdout)
+    assert f"squeue -j {array}" in res.stdout and "status --study slurm2" in res.stdout, res.stdout
+    wait_until(lambda: not active_tasks([array]), 240, f"array {array} to finish")
+    # --dry-run printed exactly the script submitit then submitted
+    assert dry == (m.dir / "logs" / f"{array}_submission.sh").read_text().rstrip("\n") + "\n"
+    assert (m.dir / "logs").stat().st_mode & 0o777 == 0o700  # the pickled tasks carry the storage URL
+    s = study_of(pg_db, "slurm2")
+    assert s.user_attrs["slurm_arrays"] == [array]
+    trials = s.get_trials()
+    assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials), \
+        [(t.number, t.state.name, t.user_attrs.get("fail_reason")) for t in trials]
+    tasks = {t.user_attrs["slurm_job_id"] for t in trials}
+    assert tasks and tasks <= {f"{array}_0", f"{array}_1"}, tasks
+    assert {t.user_attrs["host"] for t in trials} == {socket.gethostname()}
+    for i in (0, 1):  # each task's start saw the whole budget spent and its workers exit 0
+        log = (m.dir / "logs" / f"{array}_{i}_0_log.err").read_text()
+        assert "setup line ran" in (m.dir / "logs" / f"{array}_{i}_0_log.out").read_text()
+        assert "--devices cpu --workers 1" in log and "study 'slurm2' loaded" in log, log
+    print(f"array {array}: trials per task {sorted(t.user_attrs['slurm_job_id'] for t in trials)}")
+
+
+def test_cancel_leaves_no_job_and_no_running_trial(slurm, new_machine, fleet_study, pg_db):
+    m = new_machine("login")
+    study = fleet_study("slurmcancel", n_trials=4, epochs=500)  # trials that outlast the test
+    base = ("--study", study, "--storage", pg_db.url)
+    array = submitted_id(m.cli("slurm", *base, "--data", m.data, "--jobs", "2", "--cpus-per-task", "1",
+                               "--time", "00:10:00", "--logs", m.dir / "logs").stdout)
+    running = wait_until(lambda: [t for t in study_of(pg_db, "slurmcancel").get_trials()
+                                  if t.state == TrialState.RUNNING and t.user_attrs.get("slurm_job_id")],
+                         180, "a trial running in the array")
+    status = json.loads(m.cli("status", "--study", "slurmcancel", "--storage", pg_db.url, "--json").stdout)
+    assert {r["slurm_job_id"] for r in status["running"]} >= {t.user_attrs["slurm_job_id"] for t in running}
+    assert "slurm job" in m.cli("status", "--study", "slurmcancel", "--storage", pg_db.url).stdout
+    t0 = time.monotonic()
+    res = m.cli("slurm", *base, "--cancel")
+    seconds = time.monotonic() - t0
+    assert f"cancelled Slurm array {array}" in res.stdout, res.stdout
+    assert active_tasks([array]) == []
+    after = study_of(pg_db, "slurmcancel").get_trials()
+    assert not [t.number for t in after if t.state == TrialState.RUNNING], \
+        [(t.number, t.state.name) for t in after]
+    one_line_error(m.cli("slurm", *base, "--cancel", check=False), "no Slurm job", array)
+    print(f"cancel took {seconds:.1f}s: {res.stdout.strip()}; trials after: "
+          f"{[(t.number, t.state.name, t.user_attrs.get('fail_reason')) for t in after]}")
+
+
+def test_dry_run_submits_nothing_and_creates_nothing(slurm, new_machine, fleet_study, pg_db):
+    m = new_machine("login")
+    study = fleet_study("slurmdry")
+    before = subprocess.run(["squeue", "--noheader", "--format=%i"], capture_output=True, text=True).stdout
+    res = m.cli("slurm", "--study", study, "--storage", pg_db.url, "--jobs", "3", "--cpus-per-task", "1",
+                "--logs", m.dir / "logs", "--setup", "module load cuda", "--dry-run")
+    script = res.stdout
+    assert script.startswith("#!/bin/bash") and "#SBATCH --array=0-2%3" in script
+    assert "#SBATCH --job-name=h2s-slurmdry" in script and "\nmodule load cuda\n" in script
+    assert f"{sys.executable} -u -m submitit.core._submit {m.dir / 'logs'}" in script
+    assert "#SBATCH --time=60" in script  # no --time: the partition's DefaultTime (.ci/slurm: one hour)
+    assert "sbatch --test-only: Job" in res.stderr and "in partition" in res.stderr, res.stderr
+    # Slurm refuses a partition before anything is created, dry run or not
+    one_line_error(m.cli("slurm", "--study", study, "--storage", pg_db.url, "--jobs", "2", "--partition", "nope",
+                         "--time", "00:05:00", "--logs", m.dir / "logs", check=False), "sbatch refuses", "nope")
+    after = subprocess.run(["squeue", "--noheader", "--format=%i"], capture_output=True, text=True).stdout
+    assert after == before and not (m.dir / "logs").exists()
+    with pytest.raises(KeyError):
+        study_of(pg_db, "slurmdry")
+
+
+def test_a_trial_outside_slurm_records_no_job(new_machine, fleet_study):
+    m = new_machine("laptop")
+    m.env = {k: v for k, v in m.env.items() if not k.startswith("SLURM_")}  # pytest may itself run in a job
+    url = f"sqlite:///{m.dir / 's.db'}"
+    m.cli("start", "--study", fleet_study("local", n_trials=1, epochs=1), "--storage", url, "--data", m.data,
+          "--workers", "1")
+    (t,) = optuna.load_study(study_name="local", storage=url).get_trials()
+    assert t.state == TrialState.COMPLETE and "host" in t.user_attrs and "slurm_job_id" not in t.user_attrs
