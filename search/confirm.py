@@ -32,6 +32,7 @@ from .storage import creation_lock, open_storage, parse_url, storage_errors
 from .study import FingerprintMismatch, Opened, anchor_trials, create, load_stored
 
 SUFFIX = ".confirm"
+SEED = "seed"  # the TrainConfig field each run's seed is enqueued as, a parameter of the confirmation's space
 
 
 def confirmation_name(study: str) -> str:
@@ -111,7 +112,7 @@ def confirmation_spec(parent: StudySpec, configs: list[Config], seeds: list[int]
                            "scored on val and test",
                pruner={"type": "none"}, sampler={"type": "random", "seed": 0},
                confirm={"of": parent.name, "beam": beam, "test_fingerprint": test_fingerprint})
-    raw["space"] = {**raw.get("space", {}), "seed": {"type": "categorical", "choices": list(seeds)}}
+    raw["space"] = {**raw.get("space", {}), SEED: {"type": "categorical", "choices": list(seeds)}}
     return parse(raw, f"confirmation of study {parent.name!r}")
 
 
@@ -162,11 +163,12 @@ def ensure_confirmation(url: str, parent: Opened, spec: StudySpec, chosen: dict)
 def _enqueue(study: optuna.Study, spec: StudySpec, chosen: dict) -> int:
     """Seed by seed, every configuration: an unfinished confirmation has the same seeds for every config."""
     n = 0
+    configs = [Config(**c) for c in chosen["configs"]]
     for seed in chosen["seeds"]:
-        for c in chosen["configs"]:
-            attrs = TrialRecord(confirms_trial=c["trial"], anchor=c["anchor"],
-                                anchor_name=chosen["anchor_name"] if c["anchor"] else None)
-            study.enqueue_trial({**c["params"], "seed": seed}, user_attrs=attrs.attrs())
+        for c in configs:
+            record = TrialRecord(confirms_trial=c.trial, anchor=c.anchor,
+                                 anchor_name=chosen["anchor_name"] if c.anchor else None)
+            study.enqueue_trial({**c.params, SEED: seed}, user_attrs=record.attrs())
             n += 1
     return n
 

@@ -46,7 +46,7 @@ def test_stored_names_are_unique_and_keep_the_documented_names():
             "seconds_other", "fail_reason", "anchor"} <= set(names)
     assert "n_params" not in names
     assert set(study_stored_names()) == {"spec", "fingerprint", "n_trials", "data", "h2s_version",
-                                         "optuna_version", "anchor_note", "slurm_arrays"}
+                                         "optuna_version", "anchor_note", "slurm_arrays", "confirm"}
 
 
 # Access to user attributes by a literal name, anywhere: user_attrs["x"], user_attrs.get("x"), set_user_attr("x".
