@@ -322,6 +322,24 @@ def worker(
               + (f", stopped by {res.stopped}" if res.stopped else ""), highlight=False)
 
 
+def _confirmation_of(opened):
+    """The study's `<study>.confirm` in the same storage, or None when `confirm` has not created it."""
+    from .confirmation import open_confirmation
+
+    return open_confirmation(opened.url, opened.study.study_name)
+
+
+def _with_confirmation_progress(s: dict, confirm) -> dict:
+    """status: the confirmation study's progress beside the search's, when there is one."""
+    if confirm is None:
+        return s
+    from .confirmation import confirmation_progress
+
+    progress = confirmation_progress(confirm)
+    return {**s, "confirmation": {"study": confirm.study_name, **progress.to_dict(),
+                                  "line": progress.line(confirm.study_name)}}
+
+
 @app.command()
 @command
 def status(
@@ -337,11 +355,16 @@ def status(
     from .views import status_view
 
     opened = load_stored(storage, study, heartbeat=False)
+    confirm = _confirmation_of(opened)
+
+    def summary() -> dict:
+        return _with_confirmation_progress(summarize(opened.study), confirm)
+
     if as_json:
-        print(json.dumps(summarize(opened.study), default=str))
+        print(json.dumps(summary(), default=str))
         return
     if not watch:
-        out.print(status_view(summarize(opened.study)))
+        out.print(status_view(summary()))
         return
     import time
 
@@ -351,7 +374,7 @@ def status(
 
     def view():
         stamp = Text(f"updated {time.strftime('%H:%M:%S')}, every {interval:g}s; Ctrl-C stops", style="dim")
-        return Group(status_view(summarize(opened.study)), stamp)
+        return Group(status_view(summary()), stamp)
 
     try:
         with Live(view(), console=out, refresh_per_second=4) as live:
@@ -369,9 +392,17 @@ def best(study: StudyOpt = "capacity", storage: StorageOpt = None, as_json: Json
     from .study import load_stored
     from .summary import comparison_lines, summarize
 
-    s = summarize(load_stored(storage, study, heartbeat=False).study)
+    opened = load_stored(storage, study, heartbeat=False)
+    s = summarize(opened.study)
     if as_json:
-        print(json.dumps({"study": s["study"], "best": s["best"], "anchor": s["anchor"]}, default=str))
+        from .confirmation import build_confirmation
+        from .confirmation_view import best_confirmation
+
+        confirm = _confirmation_of(opened)
+        c = build_confirmation(opened.study, confirm) if confirm is not None else None
+        best_trial = s["best"][0]["number"] if s["best"] else None
+        print(json.dumps({"study": s["study"], "best": s["best"], "anchor": s["anchor"],
+                          **best_confirmation(c, best_trial)}, default=str))
         return
     if not s["best"]:
         out.print(f"study {s['study']}: no completed trial yet")
@@ -396,8 +427,12 @@ def report(
 
     opened = load_stored(storage, study, heartbeat=False)
     target = out_file or Path("report.tex" if fmt == "latex" else "report.html")
-    res = write_report(opened.study, target, storage_desc=parse_url(opened.url).masked, fmt=fmt, figures_dir=figures)
+    confirm = _confirmation_of(opened)
+    res = write_report(opened.study, target, storage_desc=parse_url(opened.url).masked, fmt=fmt, figures_dir=figures,
+                       confirmation=confirm)
     what = "LaTeX table" if fmt == "latex" else f"report with {len(res.figures)} figure(s)"
+    if confirm is not None:
+        what += f" and the confirmation {confirm.study_name!r}"
     out.print(f"wrote {what} for study {study!r} ({res.trials} trials) to {res.path}", highlight=False)
     for name, why in res.missing.items():
         out.print(f"  {name}: {why}", highlight=False)
