@@ -179,15 +179,22 @@ def paired_bootstrap(baseline: Sequence[str], systems: dict[str, Sequence[str]],
 def expected_best(values: Sequence[float], *, minimize: bool) -> list[float]:
     """E[best of n draws with replacement from `values`], n = 1..N (Dodge et al. 2019, eq. 1).
 
-    With v sorted worst first, P(best of n <= v_(i)) = (i/N)^n, so E = sum_i v_(i) ((i/N)^n - ((i-1)/N)^n);
+    With v sorted worst first, P(the best of n is no better than v_(i)) = (i/N)^n, so E = sum_i v_(i) ((i/N)^n - ((i-1)/N)^n);
     ties need no care, since the weights of equal values add up to that value's probability mass.
     """
     v = np.sort(np.asarray(_finite(values), dtype=float))
     if minimize:
         v = v[::-1]  # worst (highest) first
     big_n = v.size
-    i = np.arange(1, big_n + 1) / big_n
-    return [float(v @ (i ** n - (i - 1 / big_n) ** n)) for n in range(1, big_n + 1)]
+    upper = np.arange(1, big_n + 1) / big_n           # i / N
+    lower = np.arange(0, big_n) / big_n               # (i - 1) / N
+    up, low = np.ones(big_n), np.ones(big_n)
+    out = []
+    for _ in range(big_n):                            # the n-th powers by one product each: O(N) per n
+        up *= upper
+        low *= lower
+        out.append(float(v @ (up - low)))
+    return out
 
 
 TIE = 1e-9   # relative: closer to the reference than this is a tie, not a win (the sum rounds in the last bits)

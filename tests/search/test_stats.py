@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -116,6 +117,20 @@ def test_the_expected_best_equals_brute_force_enumeration(values):
         assert curve[0] == pytest.approx(np.mean(values))  # one draw: the mean
         steps = np.diff(curve)
         assert all(steps <= 1e-12) if minimize else all(steps >= -1e-12)  # more trials never hurt
+
+
+def test_the_expected_best_of_a_larger_set_equals_the_exact_rational_sum():
+    """Beyond brute force's reach: the same formula in exact fractions, so no rounding builds up in the float
+    version's running powers."""
+    rng = random.Random(3)
+    pool = [round(rng.uniform(1.5, 4.0), 3) for _ in range(25)]
+    values = [rng.choice(pool) for _ in range(40)]   # 40 draws of 25 values: ties
+    assert len(set(values)) < len(values)
+    big_n = len(values)
+    v = [Fraction(x) for x in sorted(values, reverse=True)]
+    exact = [sum(x * (Fraction(i, big_n) ** n - Fraction(i - 1, big_n) ** n) for i, x in enumerate(v, 1))
+             for n in range(1, big_n + 1)]
+    assert expected_best(values, minimize=True) == pytest.approx([float(e) for e in exact], rel=1e-13)
 
 
 def test_the_first_n_that_beats_the_reference_is_strict_and_direction_aware():
