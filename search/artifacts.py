@@ -21,8 +21,9 @@ from how2sign.run_metrics import METRICS, RunMetrics
 
 from .diagnosis import Diagnosis, diagnose
 from .records import TrialRecord
+from .translations import write_test_translations
 
-__all__ = ["ARTIFACTS_ENV", "LEARNING_CURVE", "METRICS", "TEST_TRANSLATIONS", "TRANSLATIONS", "anchor_note", "artifact_root",
+__all__ = ["ARTIFACTS_ENV", "LEARNING_CURVE", "METRICS", "TRANSLATIONS", "anchor_note", "artifact_root",
            "learning_curve_png", "note_anchor", "open_store", "record_trial", "study_note",
            "translations_csv",
            "write_study_note"]
@@ -30,7 +31,6 @@ __all__ = ["ARTIFACTS_ENV", "LEARNING_CURVE", "METRICS", "TEST_TRANSLATIONS", "T
 ARTIFACTS_ENV = "H2S_ARTIFACTS"
 DEFAULT_FOLDER = "h2s-artifacts"
 LEARNING_CURVE, TRANSLATIONS = "learning_curve.png", "translations.csv"
-TEST_TRANSLATIONS = "test_translations.csv"  # a confirmation run's every test clip: the paired test reads it
 SAMPLE_SIZE = 50  # validation translations per trial, evenly spread over the split
 
 
@@ -85,10 +85,8 @@ def learning_curve_png(history: list[dict], path: Path, title: str = "") -> Path
     return path
 
 
-def translations_csv(references: list[str], hypotheses: list[str], path: Path, n: int | None = SAMPLE_SIZE) -> Path:
-    """An evenly spread sample of n clips (None: all of them): `row` is the clip's place in the split, in
-    the CSV's order (as in --predictions)."""
-    n = len(references) if n is None else n
+def translations_csv(references: list[str], hypotheses: list[str], path: Path, n: int = SAMPLE_SIZE) -> Path:
+    """An evenly spread sample: `row` is the clip's row in the split's CSV (as in --predictions)."""
     total = len(references)
     rows = sorted({round(k * (total - 1) / max(n - 1, 1)) for k in range(min(n, total))}) if total else []
     with open(path, "w", newline="", encoding="utf-8") as f:
@@ -160,7 +158,7 @@ def record_trial(trial, run_dir: Path, store, *, history: list[dict] | None = No
     """Diagnose a finished trial, record the attributes, upload its artifacts and note the anchor.
 
     history defaults to run_dir/metrics.json's epochs. test: a confirmation run's test references and
-    hypotheses, all of them (TEST_TRANSLATIONS). Failing to render or upload is logged, never fatal: the
+    hypotheses, all of them (search.translations). Failing to render or upload is logged, never fatal: the
     trial's result matters more than its pictures.
     """
     run_dir = Path(run_dir)
@@ -191,7 +189,7 @@ def upload_trial_artifacts(trial, run_dir: Path, store, history: list[dict],
     if samples is not None:
         files.append((translations_csv(samples[0], samples[1], run_dir / TRANSLATIONS), "text/csv"))
     if test is not None:
-        files.append((translations_csv(test[0], test[1], run_dir / TEST_TRANSLATIONS, n=None), "text/csv"))
+        files.append((write_test_translations(run_dir, *test), "text/csv"))
     if (run_dir / METRICS).exists():
         files.append((run_dir / METRICS, "application/json"))
     return {p.name: upload_artifact(artifact_store=store, file_path=str(p), study_or_trial=trial, mimetype=mime)

@@ -364,16 +364,19 @@ def confirm(
 
 
 def _print_confirmation(res, as_json: bool) -> None:
-    from .summary import summarize
+    """The confirmation's table, its sentences and the expected-best curve (search.confirmation_view)."""
+    from .confirmation import build_confirmation
+    from .confirmation_view import confirmation_dict, confirmation_lines
 
-    s = summarize(res.opened.study)
+    c = build_confirmation(res.parent.study, res.opened.study)
     if as_json:
-        print(json.dumps({"study": s["study"], "states": s["states"], "seconds": res.seconds,
-                          "exit_codes": res.exit_codes}, default=str))
+        print(json.dumps({**confirmation_dict(c), "seconds": res.seconds, "exit_codes": res.exit_codes},
+                         default=str))
         return
-    states = ", ".join(f"{n} {k.lower()}" for k, n in s["states"].items())
-    out.print(f"study {s['study']}: {states} of {s['budget']} runs; {res.seconds:.0f}s with {res.workers} "
-              f"worker(s)", highlight=False)
+    for line in confirmation_lines(c):
+        out.print(line, highlight=False, markup=False)
+    out.print(f"{res.seconds:.0f}s with {res.workers} worker(s); the report shows it: h2s-search report --study "
+              f"{c.parent} --storage {res.parent.url}", highlight=False, markup=False)
 
 
 @app.command()
@@ -456,6 +459,24 @@ def worker(
               + (f", stopped by {res.stopped}" if res.stopped else ""), highlight=False)
 
 
+def _confirmation_of(opened):
+    """The study's `<study>.confirm` in the same storage, or None when `confirm` has not created it."""
+    from .confirmation import open_confirmation
+
+    return open_confirmation(opened.url, opened.study.study_name)
+
+
+def _with_confirmation_progress(s: dict, confirm) -> dict:
+    """status: the confirmation study's progress beside the search's, when there is one."""
+    if confirm is None:
+        return s
+    from .confirmation import confirmation_progress
+
+    progress = confirmation_progress(confirm)
+    return {**s, "confirmation": {"study": confirm.study_name, **progress.to_dict(),
+                                  "line": progress.line(confirm.study_name)}}
+
+
 @app.command()
 @command
 def status(
@@ -471,11 +492,16 @@ def status(
     from .views import status_view
 
     opened = load_stored(storage, study, heartbeat=False)
+    confirm = _confirmation_of(opened)
+
+    def summary() -> dict:
+        return _with_confirmation_progress(summarize(opened.study), confirm)
+
     if as_json:
-        print(json.dumps(summarize(opened.study), default=str))
+        print(json.dumps(summary(), default=str))
         return
     if not watch:
-        out.print(status_view(summarize(opened.study)))
+        out.print(status_view(summary()))
         return
     import time
 
@@ -485,7 +511,7 @@ def status(
 
     def view():
         stamp = Text(f"updated {time.strftime('%H:%M:%S')}, every {interval:g}s; Ctrl-C stops", style="dim")
-        return Group(status_view(summarize(opened.study)), stamp)
+        return Group(status_view(summary()), stamp)
 
     try:
         with Live(view(), console=out, refresh_per_second=4) as live:
@@ -503,9 +529,17 @@ def best(study: StudyOpt = "capacity", storage: StorageOpt = None, as_json: Json
     from .study import load_stored
     from .summary import comparison_lines, summarize
 
-    s = summarize(load_stored(storage, study, heartbeat=False).study)
+    opened = load_stored(storage, study, heartbeat=False)
+    s = summarize(opened.study)
     if as_json:
-        print(json.dumps({"study": s["study"], "best": s["best"], "anchor": s["anchor"]}, default=str))
+        from .confirmation import build_confirmation
+        from .confirmation_view import best_confirmation
+
+        confirm = _confirmation_of(opened)
+        c = build_confirmation(opened.study, confirm) if confirm is not None else None
+        best_trial = s["best"][0]["number"] if s["best"] else None
+        print(json.dumps({"study": s["study"], "best": s["best"], "anchor": s["anchor"],
+                          **best_confirmation(c, best_trial)}, default=str))
         return
     if not s["best"]:
         out.print(f"study {s['study']}: no completed trial yet")
@@ -530,8 +564,12 @@ def report(
 
     opened = load_stored(storage, study, heartbeat=False)
     target = out_file or Path("report.tex" if fmt == "latex" else "report.html")
-    res = write_report(opened.study, target, storage_desc=parse_url(opened.url).masked, fmt=fmt, figures_dir=figures)
+    confirm = _confirmation_of(opened)
+    res = write_report(opened.study, target, storage_desc=parse_url(opened.url).masked, fmt=fmt, figures_dir=figures,
+                       confirmation=confirm)
     what = "LaTeX table" if fmt == "latex" else f"report with {len(res.figures)} figure(s)"
+    if confirm is not None:
+        what += f" and the confirmation {confirm.study_name!r}"
     out.print(f"wrote {what} for study {study!r} ({res.trials} trials) to {res.path}", highlight=False)
     for name, why in res.missing.items():
         out.print(f"  {name}: {why}", highlight=False)

@@ -26,32 +26,15 @@ from how2sign.jobs import DataChoice, choose_data
 
 from . import launcher
 from .errors import UserError
-from .records import StudyRecord, TrialRecord
+from .records import ConfirmConfig, ConfirmPlan, StudyRecord, TrialRecord, confirmation_name
 from .spec import StudySpec, parse
 from .storage import creation_lock, open_storage, parse_url, storage_errors
-from .study import FingerprintMismatch, Opened, anchor_trials, create, load_stored
+from .study import FingerprintMismatch, Opened, anchor_trials, create, load, load_stored
 
-SUFFIX = ".confirm"
 SEED = "seed"  # the TrainConfig field each run's seed is enqueued as, a parameter of the confirmation's space
 
 
-def confirmation_name(study: str) -> str:
-    return f"{study}{SUFFIX}"
-
-
-@dataclass(frozen=True)
-class Config:
-    """One configuration to confirm: the search trial it comes from and its parameters."""
-
-    trial: int
-    anchor: bool
-    params: dict
-
-    def as_dict(self) -> dict:
-        return {"trial": self.trial, "anchor": self.anchor, "params": dict(self.params)}
-
-
-def select(study: optuna.Study, spec: StudySpec, top: int) -> list[Config]:
+def select(study: optuna.Study, spec: StudySpec, top: int) -> list[ConfirmConfig]:
     """The top `top` COMPLETE non-anchor trials by the study's objective, with distinct parameters (and not
     the anchor's), then the anchor. Fewer when fewer are distinct; none without a COMPLETE trial."""
     if spec.multi_objective:
@@ -65,14 +48,14 @@ def select(study: optuna.Study, spec: StudySpec, top: int) -> list[Config]:
         raise UserError(f"study {spec.name!r} has no COMPLETE trial besides the anchor to confirm; run the search "
                         "first (h2s-search start)")
     seen = [_key(spec.anchor_params)] if spec.anchor_params else []
-    chosen: list[Config] = []
+    chosen: list[ConfirmConfig] = []
     for t in ranked:
         if len(chosen) == top or _key(t.params) in seen:
             continue
         seen.append(_key(t.params))
-        chosen.append(Config(t.number, False, dict(t.params)))
+        chosen.append(ConfirmConfig(t.number, False, dict(t.params)))
     if spec.anchor_name and anchors:
-        chosen.append(Config(anchors[0].number, True, dict(spec.anchor_params)))
+        chosen.append(ConfirmConfig(anchors[0].number, True, dict(spec.anchor_params)))
     return chosen
 
 
@@ -100,47 +83,40 @@ def test_split(root: Path, where: str) -> PackedSplit:
     return load_split(root, "test")
 
 
-def confirmation_spec(parent: StudySpec, configs: list[Config], seeds: list[int], beam: int,
-                      test_fingerprint: str) -> StudySpec:
+def confirmation_spec(parent: StudySpec, plan: ConfirmPlan, beam: int, test_fingerprint: str) -> StudySpec:
     """The confirmation study's definition: the search's [train] at its full budget, its space plus the seed,
     no pruning, no anchor of its own (its V4 runs carry anchor=true), and a [confirm] table."""
     raw = copy.deepcopy(parent.raw)
     for key in ("demo", "anchor", "timeout", "constraint"):
         raw.pop(key, None)
-    raw.update(name=confirmation_name(parent.name), n_trials=len(configs) * len(seeds),
-               description=f"Confirmation of {parent.name}: {len(configs)} configurations x {len(seeds)} seeds, "
-                           "scored on val and test",
+    raw.update(name=confirmation_name(parent.name), n_trials=plan.runs,
+               description=f"Confirmation of {parent.name}: {len(plan.configs)} configurations x "
+                           f"{len(plan.seeds)} seeds, scored on val and test",
                pruner={"type": "none"}, sampler={"type": "random", "seed": 0},
                confirm={"of": parent.name, "beam": beam, "test_fingerprint": test_fingerprint})
-    raw["space"] = {**raw.get("space", {}), SEED: {"type": "categorical", "choices": list(seeds)}}
+    raw["space"] = {**raw.get("space", {}), SEED: {"type": "categorical", "choices": list(plan.seeds)}}
     return parse(raw, f"confirmation of study {parent.name!r}")
 
 
-def selection(parent: StudySpec, top: int, configs: list[Config], seeds: list[int]) -> dict:
-    """What the confirmation study stores as StudyRecord.confirm."""
-    return {"of": parent.name, "top": top, "seeds": list(seeds), "configs": [c.as_dict() for c in configs],
-            "anchor_name": parent.anchor_name}
-
-
-def differences(stored: dict, wanted: dict) -> list[str]:
-    """How a stored selection differs from the one asked for, in words; [] when they are the same."""
+def differences(stored: StudySpec, plan: ConfirmPlan, had: ConfirmPlan | None, beam: int) -> list[str]:
+    """How an existing confirmation differs from the one asked for, in words; [] when they are the same."""
     out = []
-    if stored.get("beam") != wanted["beam"]:
-        out.append(f"--beam {stored.get('beam')} there, {wanted['beam']} asked")
-    if stored.get("top") != wanted["top"]:
-        out.append(f"--top {stored.get('top')} there, {wanted['top']} asked")
-    if stored.get("seeds") != wanted["seeds"]:
-        out.append(f"seeds {stored.get('seeds')} there, {wanted['seeds']} now")
-    had = [(c["trial"], c["params"]) for c in stored.get("configs", [])]
-    now = [(c["trial"], c["params"]) for c in wanted["configs"]]
-    if had != now:
-        out.append(f"trials {[t for t, _ in had]} there, {[t for t, _ in now]} now")
+    if stored.confirm.get("beam") != beam:
+        out.append(f"--beam {stored.confirm.get('beam')} there, {beam} asked")
+    if had is None:
+        return out + ["it has no stored selection"]
+    if had.top != plan.top:
+        out.append(f"--top {had.top} there, {plan.top} asked")
+    if had.seeds != plan.seeds:
+        out.append(f"seeds {list(had.seeds)} there, {list(plan.seeds)} now")
+    if [(c.trial, c.params) for c in had.configs] != [(c.trial, c.params) for c in plan.configs]:
+        out.append(f"trials {[c.trial for c in had.configs]} there, {[c.trial for c in plan.configs]} now")
     return out
 
 
-def ensure_confirmation(url: str, parent: Opened, spec: StudySpec, chosen: dict) -> tuple[Opened, int]:
+def ensure_confirmation(url: str, parent: Opened, spec: StudySpec, plan: ConfirmPlan) -> tuple[Opened, int]:
     """Create the confirmation study and enqueue every (config, seed) run, once; or load it when it holds this
-    very selection. Returns it and the number of runs enqueued now (0 when it existed)."""
+    very plan. Returns it and the number of runs enqueued now (0 when it existed)."""
     u = parse_url(url)
     with creation_lock(url, spec.name):
         storage = open_storage(url, cache=True)
@@ -149,28 +125,26 @@ def ensure_confirmation(url: str, parent: Opened, spec: StudySpec, chosen: dict)
                 storage.get_study_id_from_name(spec.name)
             except KeyError:
                 study = create(storage, spec, parent.fingerprint, f"confirmation of {parent.spec.name}",
-                               spec.n_trials, note=False, confirm=chosen)
-                return Opened(study, spec, parent.fingerprint, True, False, url), _enqueue(study, spec, chosen)
-            study = optuna.load_study(study_name=spec.name, storage=storage)
-            diff = differences(StudyRecord.read(study).confirm or {}, chosen)
+                               spec.n_trials, note=False, confirm=plan.attr())
+                n = _enqueue(study, plan, parent.spec.anchor_name)
+                return Opened(study, spec, parent.fingerprint, True, False, url), n
+            study, stored = load(storage, spec.name, parent.fingerprint, f"study {spec.name!r} in {u.masked}")
+            had = StudyRecord.read(study).confirm
+            diff = differences(stored, plan, ConfirmPlan.from_attr(had) if had else None, spec.confirm["beam"])
             if diff:
                 raise UserError(f"study {spec.name!r} already exists with another selection ({'; '.join(diff)}); "
-                                "nothing was changed: run confirm with the same --top and --seeds, or confirm "
-                                "under another storage")
-    return Opened(study, spec, parent.fingerprint, False, False, url), 0
+                                "nothing was changed: run confirm with the same --top, --seeds and --beam, or "
+                                "confirm under another storage")
+    return Opened(study, stored, parent.fingerprint, False, False, url), 0
 
 
-def _enqueue(study: optuna.Study, spec: StudySpec, chosen: dict) -> int:
+def _enqueue(study: optuna.Study, plan: ConfirmPlan, anchor_name: str) -> int:
     """Seed by seed, every configuration: an unfinished confirmation has the same seeds for every config."""
-    n = 0
-    configs = [Config(**c) for c in chosen["configs"]]
-    for seed in chosen["seeds"]:
-        for c in configs:
-            record = TrialRecord(confirms_trial=c.trial, anchor=c.anchor,
-                                 anchor_name=chosen["anchor_name"] if c.anchor else None)
+    for seed in plan.seeds:
+        for c in plan.configs:
+            record = TrialRecord(confirms_trial=c.trial, anchor=c.anchor, anchor_name=anchor_name if c.anchor else None)
             study.enqueue_trial({**c.params, SEED: seed}, user_attrs=record.attrs())
-            n += 1
-    return n
+    return plan.runs
 
 
 def open_parent(storage: str | None, study: str, data: Path | None, say=print) -> tuple[Opened, DataChoice, str]:
@@ -210,16 +184,16 @@ def run_confirm(study: str, *, top: int, seeds: int, storage: str | None, data: 
         if value < 1:
             raise UserError(f"{flag} must be >= 1, got {value}")
     parent, choice, test_fingerprint = open_parent(storage, study, data, say)
-    configs = select(parent.study, parent.spec, top)
-    chosen = {**selection(parent.spec, top, configs, fresh_seeds(parent.study, parent.spec, seeds)), "beam": beam}
-    spec = confirmation_spec(parent.spec, configs, chosen["seeds"], beam, test_fingerprint)
+    plan = ConfirmPlan(parent.spec.name, top, tuple(fresh_seeds(parent.study, parent.spec, seeds)),
+                       tuple(select(parent.study, parent.spec, top)))
+    spec = confirmation_spec(parent.spec, plan, beam, test_fingerprint)
     devs = launcher.plan_devices(workers, devices, workers_per_device, visible_gpus(), mps_available(),
                                  os.cpu_count() or 1)
     asked = workers is not None or bool(devices) or workers_per_device is not None
     plan = launcher.Plan(spec, choice, parent.url, launcher.sqlite_limit(devs, parent.url, asked=asked, say=say))
-    opened, enqueued = ensure_confirmation(parent.url, parent, spec, chosen)
-    say(f"study {spec.name!r} {'created' if opened.created else 'loaded'}: {len(configs)} configurations x "
-        f"{len(chosen['seeds'])} seeds (seeds {chosen['seeds']})" + (f", {enqueued} runs enqueued" if enqueued else ""))
+    opened, enqueued = ensure_confirmation(parent.url, parent, spec, plan)
+    say(f"study {spec.name!r} {'created' if opened.created else 'loaded'}: {len(plan.configs)} configurations x "
+        f"{len(plan.seeds)} seeds (seeds {list(plan.seeds)})" + (f", {enqueued} runs enqueued" if enqueued else ""))
     t0 = time.perf_counter()
     procs = launcher.spawn_workers(opened, plan, plan.devices, checkpoint_dir, artifact_dir, say)
     codes = launcher.supervise(opened, procs, progress)

@@ -96,12 +96,12 @@ class TrialRecord:
     lr_collapsed: bool | None = UNSET
     diagnosis: str | None = UNSET
     samples: list | None = UNSET
-    # confirmation runs (a `<study>.confirm` study, search/confirm.py): the search trial re-trained here, and
-    # the test split's scores (bleu, chrf and val_loss above are the val split's, as in a search trial)
+    # confirmation runs (trials of `<study>.confirm`): the parent trial re-trained, and the test split's scores.
+    # On these trials val_loss, bleu and chrf are the validation split's, as on a search trial.
     confirms_trial: int | None = UNSET
+    test_loss: float | None = UNSET
     test_bleu: float | None = UNSET
     test_chrf: float | None = UNSET
-    test_loss: float | None = UNSET
 
     @staticmethod
     def stored_name(field_name: str) -> str:
@@ -148,9 +148,7 @@ class StudyRecord:
     h2s_version: str | None = UNSET
     optuna_version: str | None = UNSET
     anchor_note: str | None = UNSET      # says which trial is the anchor, for people reading the attributes
-    # a confirmation study's selection: {"of": study, "top": K, "seeds": [...], "configs": [{"trial": n,
-    # "anchor": bool, "params": {...}}, ...]} (search/confirm.py)
-    confirm: dict | None = UNSET
+    confirm: dict | None = UNSET         # on `<study>.confirm` only: what it re-trains (ConfirmPlan.attr())
     slurm_arrays: list | None = UNSET    # Slurm array job ids `h2s-search slurm` submitted, oldest first
 
     def attrs(self) -> dict[str, Any]:
@@ -179,3 +177,51 @@ class StudyRecord:
 def study_stored_names() -> tuple[str, ...]:
     """Every user-attribute name a study may carry, as stored."""
     return tuple(STUDY_STORED_AS.get(f.name, f.name) for f in fields(StudyRecord))
+
+
+# --------------------------------------------------------------------------- the confirmation study
+CONFIRM_SUFFIX = ".confirm"
+
+
+def confirmation_name(parent: str) -> str:
+    """The linked confirmation study of a search study, in the same storage: `<parent>.confirm`."""
+    return parent + CONFIRM_SUFFIX
+
+
+@dataclass(frozen=True)
+class ConfirmConfig:
+    """One configuration a confirmation re-trains: a parent trial (the anchor among them) and its params."""
+
+    trial: int
+    anchor: bool
+    params: dict
+
+    def attr(self) -> dict[str, Any]:
+        return {"trial": self.trial, "anchor": self.anchor, "params": dict(self.params)}
+
+
+@dataclass(frozen=True)
+class ConfirmPlan:
+    """The `confirm` study attribute: {"of": parent name, "top": K, "seeds": [...], "configs": [...]}.
+
+    Every config is re-trained once per seed: len(configs) x len(seeds) runs.
+    """
+
+    of: str
+    top: int
+    seeds: tuple[int, ...]
+    configs: tuple[ConfirmConfig, ...]
+
+    def attr(self) -> dict[str, Any]:
+        return {"of": self.of, "top": self.top, "seeds": list(self.seeds),
+                "configs": [c.attr() for c in self.configs]}
+
+    @classmethod
+    def from_attr(cls, attr: dict) -> ConfirmPlan:
+        configs = tuple(ConfirmConfig(int(c["trial"]), bool(c["anchor"]), dict(c["params"]))
+                        for c in attr["configs"])
+        return cls(str(attr["of"]), int(attr["top"]), tuple(int(s) for s in attr["seeds"]), configs)
+
+    @property
+    def runs(self) -> int:
+        return len(self.configs) * len(self.seeds)

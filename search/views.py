@@ -34,6 +34,8 @@ def status_view(s: dict):
     time = time_line(s["time"]) if "time" in s else None
     if time:
         parts.append(time)
+    if "confirmation" in s:  # `confirm` has created <study>.confirm
+        parts.append(s["confirmation"]["line"])
     return Group(*parts)
 
 

@@ -5,7 +5,9 @@ The page shows the optimisation history with the anchor marked, parameter import
 coordinates, every trial's learning curve (pruned ones too), validation loss against parameter count
 (the Pareto front for multi-objective studies), where each trial's time went, a table of the anchor, the best
 and the top 5 trials beside the researcher's V1-V3 results from the notes, the encoder arms when the study
-searches an `encoder` parameter, and each trial's diagnosis in words.
+searches an `encoder` parameter, each trial's diagnosis in words, and, when `confirm` has created
+`<study>.confirm`, the Confirmation section (`confirm.py`: its table, each config's seeds on test BLEU and
+the expected-best curve, from one `search.confirmation.Confirmation`).
 
 Layers (docs/architecture.md): `data` reads the study once into ReportData; `model` turns it into plain
 figure data (Figure, Series, ...); `plotly_figures` and `paper` draw that model for the page and the paper;
@@ -13,6 +15,7 @@ figure data (Figure, Series, ...); `plotly_figures` and `paper` draw that model 
 """
 
 from .arms import CONTROL_ARM, ENCODER_PARAM, ArmRow, ArmsComparison, encoder_arms
+from .confirm import CONFIRM_FIGURES, confirmation_latex, confirmation_model
 from .data import (
     FIELD,
     NOTES_LABEL,
@@ -41,10 +44,10 @@ from .model import (
 from .page import FORMATS, ReportOutput, render_html, write_report
 from .tables import arms_table, latex_table, table
 
-__all__ = ["ANCHOR_COLOUR", "CONTROL_ARM", "ENCODER_PARAM", "FIELD", "FIGURE_TITLES", "FORMATS", "NOTES_LABEL",
+__all__ = ["ANCHOR_COLOUR", "CONFIRM_FIGURES", "CONTROL_ARM", "ENCODER_PARAM", "FIELD", "FIGURE_TITLES", "FORMATS", "NOTES_LABEL",
            "NOTES_ROWS", "PALETTE", "STATE_COLOURS", "ArmRow", "ArmsComparison", "Axis", "Dimension", "Figure", "HLine",
            "NotesRow", "Parallel", "ParallelAxis", "ReportData", "ReportOutput", "Series", "TableRow", "TrialInfo",
-           "arms_table", "build_figures", "build_model", "encoder_arms", "latex_table", "load_report_data",
+           "arms_table", "build_figures", "build_model", "confirmation_latex", "confirmation_model", "encoder_arms", "latex_table", "load_report_data",
            "read_val_curve", "render_html", "table", "to_matplotlib", "to_plotly", "write_figures", "write_report"]
 
 

@@ -33,6 +33,7 @@ MAX_TIME_BARS = 30
 class Axis:
     title: str = ""
     log: bool = False
+    ticks: tuple[tuple[float, ...], tuple[str, ...]] | None = None  # (positions, labels): a labelled numeric axis
 
 
 @dataclass

@@ -8,8 +8,13 @@ import html
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..confirmation import Confirmation, build_confirmation
+from ..confirmation_view import expected_sentence, params_text
+from ..confirmation_view import table as confirmation_table
 from ..errors import UserError
+from ..stats import ALPHA
 from .arms import CONTROL_ARM, ENCODER_PARAM, ArmsComparison, encoder_arms
+from .confirm import CONFIRM_FIGURES, confirmation_latex, confirmation_model
 from .data import FIELD, NOTES_LABEL, ReportData, load_report_data
 from .model import FIGURE_TITLES
 from .tables import arms_table, diagnosis_text, latex_table, table
@@ -29,27 +34,33 @@ class ReportOutput:
 
 
 def write_report(study, out: Path, *, storage_desc: str = "", fmt: str = "html",
-                 figures_dir: Path | None = None) -> ReportOutput:
+                 figures_dir: Path | None = None, confirmation=None) -> ReportOutput:
+    """confirmation: the study's `<study>.confirm` (an optuna.Study), when `confirm` has created it; the page
+    and the LaTeX file then gain its section, and --figures its two figures."""
     if fmt not in FORMATS:
         raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     d = load_report_data(study, storage_desc)
+    c = build_confirmation(study, confirmation) if confirmation is not None else None
     out = Path(out)
     if out.parent and not out.parent.exists():
         out.parent.mkdir(parents=True)
     res = ReportOutput(out, len(d.trials))
     if fmt == "latex":
-        out.write_text(latex_table(d), encoding="utf-8")
+        out.write_text(latex_table(d) + (f"\n{confirmation_latex(c)}" if c else ""), encoding="utf-8")
     else:
-        from .plotly_figures import build_figures
+        from .plotly_figures import build_figures, to_plotly
 
         figs = build_figures(d)
-        res.figures = [k for k, (f, _) in figs.items() if f is not None]
-        res.missing = {k: note for k, (f, note) in figs.items() if f is None}
-        out.write_text(render_html(d, figs), encoding="utf-8")
+        confirm_figs = {k: (to_plotly(f) if f else None, note) for k, (f, note) in confirmation_model(c).items()} \
+            if c else {}
+        shown = {**figs, **confirm_figs}
+        res.figures = [k for k, (f, _) in shown.items() if f is not None]
+        res.missing = {k: note for k, (f, note) in shown.items() if f is None}
+        out.write_text(render_html(d, figs, c, confirm_figs), encoding="utf-8")
     if figures_dir is not None:
         from .paper import write_figures
 
-        res.files = write_figures(d, Path(figures_dir))
+        res.files = write_figures(d, Path(figures_dir), c)
     return res
 
 
@@ -73,10 +84,11 @@ ul.summary li{margin:.2em 0}code{background:#f4f4f4;padding:0 .2em}
 """
 
 
-def _figure_html(name: str, fig, note: str) -> str:
+def _figure_html(name: str, fig, note: str, level: int = 2) -> str:
     import plotly.io as pio
 
-    head = f'<h2 id="{name}">{html.escape(FIGURE_TITLES[name])}</h2>'
+    title = FIGURE_TITLES.get(name) or CONFIRM_FIGURES[name]
+    head = f'<h{level} id="{name}">{html.escape(title)}</h{level}>'
     if fig is None:
         return f'{head}\n<p class="missing" id="missing-{name}">{html.escape(note)}</p>'
     div = pio.to_html(fig, include_plotlyjs=False, full_html=False, div_id=f"fig-{name}",
@@ -146,7 +158,45 @@ def _arms_html(c: ArmsComparison | None) -> str:
             f'{html.escape(c.verdict)}</p>')
 
 
-def render_html(d: ReportData, figs: dict) -> str:
+def _confirmation_table_html(c: Confirmation) -> str:
+    headers, rows = confirmation_table(c)
+    left = (0, len(headers) - 1)
+    th = "".join(f'<th class="{"l" if i in left else ""}">{html.escape(h)}</th>' for i, h in enumerate(headers))
+    body = "".join(
+        f'<tr class="{"anchor" if r.anchor else ""}">'
+        + "".join(f'<td class="{"l" if i in left else ""}">{html.escape(x)}</td>' for i, x in enumerate(cells))
+        + f'<td class="l diag">{html.escape(params_text(r.params))}</td></tr>'
+        for r, cells in zip(c.rows, rows, strict=True))
+    return (f'<div class="tablewrap"><table class="results" id="confirmation-table"><thead><tr>{th}'
+            f'<th class="l">params</th></tr></thead><tbody>{body}</tbody></table></div>')
+
+
+def _confirmation_html(c: Confirmation | None, figs: dict) -> str:
+    """The Confirmation section: progress, the table, one sentence per config, the two figures; empty
+    without a confirmation study."""
+    if c is None:
+        return ""
+    ref = html.escape(c.anchor_label)
+    sentences = "".join(f'<li class="{"anchor" if r.anchor else ""}">{html.escape(r.sentence)}</li>' for r in c.rows)
+    paired = next((p for r in c.rows for p in r.paired.values()), None)
+    seed = f", resampling seed {paired.seed}" if paired is not None else ""
+    figures = "\n".join(_figure_html(name, fig, note, level=3) for name, (fig, note) in figs.items())
+    return (f'<h2 id="confirmation">Confirmation</h2>\n<p id="confirmation-progress">'
+            f'{html.escape(c.progress.line(c.study))}; seeds {html.escape(", ".join(map(str, c.plan.seeds)))}. '
+            "Each run re-trains a config at the study's full budget with early stopping and no pruning, and is "
+            f"scored on the validation and the test split.</p>\n{_confirmation_table_html(c)}\n"
+            "<p class=\"note\">Mean ± sd over each config's complete seeds (sd with ddof 1). Δ is the difference of "
+            f"the means against {ref} with its 95 % interval; p (seeds) is Welch's t-test over seeds, p (paired) "
+            f"sacrebleu's paired bootstrap ({c.n_samples} resamples{html.escape(seed)}) of the median-seed runs on "
+            f"the test sentences. A config beats (or is worse than) {ref} when both p are below {ALPHA:g} with the "
+            f"same sign; one of them alone is inconclusive. No correction is made for comparing "
+            f"{len(c.rows) - 1} configs with {ref}.</p>\n"
+            f'<ul class="summary" id="confirmation-sentences">{sentences}</ul>\n{figures}\n'
+            f'<p class="note" id="expected-best-sentence">{html.escape(expected_sentence(c))}.</p>')
+
+
+def render_html(d: ReportData, figs: dict, confirmation: Confirmation | None = None,
+                confirm_figs: dict | None = None) -> str:
     from plotly.offline import get_plotlyjs
 
     from how2sign import __version__
@@ -179,6 +229,7 @@ minus train loss at the best epoch; BLEU is sacrebleu's 0–100 scale. The shade
 {NOTES_LABEL}: they were measured on the real How2Sign data and cannot be compared number for number with a
 study on another corpus. Seconds are where each trial's time went (a dash: not recorded, as in studies
 run before the split was).</p>
+{_confirmation_html(confirmation, confirm_figs or {})}
 {_arms_html(encoder_arms(d))}
 {figures}
 <h2 id="diagnosis-section">Diagnosis per trial</h2>

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from ..confirmation import Confirmation
+from .confirm import confirmation_model
 from .data import ReportData
 from .model import Figure, Parallel, Series, build_model
 
@@ -20,11 +22,13 @@ MARKER_SCALE = {"circle": 0.6, "x": 0.75, "star": 0.9, "diamond": 0.6}
 LINE_SCALE = 0.75
 
 
-def write_figures(d: ReportData, folder: Path) -> list[Path]:
-    """Write <name>.pdf and <name>.png for every figure that has data; returns the files written."""
+def write_figures(d: ReportData, folder: Path, confirmation: Confirmation | None = None) -> list[Path]:
+    """Write <name>.pdf and <name>.png for every figure that has data, the confirmation's two as well;
+    returns the files written."""
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, (model, _) in build_model(d).items():
+    models = {**build_model(d), **(confirmation_model(confirmation) if confirmation is not None else {})}
+    for name, (model, _) in models.items():
         if model is None:
             continue
         fig = to_matplotlib(model)
@@ -63,6 +67,10 @@ def to_matplotlib(model: Figure):
         ax.set_xlabel(model.x.title)
     if model.y.title:
         ax.set_ylabel(model.y.title)
+    if model.x.ticks is not None:
+        ax.set_xticks(list(model.x.ticks[0]), list(model.x.ticks[1]))
+    if model.y.ticks is not None:
+        ax.set_yticks(list(model.y.ticks[0]), list(model.y.ticks[1]))
     if any(s.kind == "bar" and len(s.x) > 10 for s in model.series):  # many trials: labels on their side
         ax.tick_params(axis="x", labelrotation=90, labelsize=7)
     if model.legend:

@@ -38,6 +38,9 @@ def to_plotly(fig: Figure) -> go.Figure:
         layout["xaxis_type"] = "log"
     if fig.y.log:
         layout["yaxis_type"] = "log"
+    for name, ax in (("xaxis", fig.x), ("yaxis", fig.y)):
+        if ax.ticks is not None:
+            layout[name] = dict(tickvals=list(ax.ticks[0]), ticktext=list(ax.ticks[1]))
     if fig.stacked:
         layout["barmode"] = "stack"
     out.update_layout(showlegend=fig.legend, **layout)

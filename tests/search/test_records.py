@@ -43,7 +43,8 @@ def test_stored_names_are_unique_and_keep_the_documented_names():
     names = stored_names()
     assert len(set(names)) == len(names)
     assert {"params", "epochs_run", "seconds", "seconds_train", "seconds_validate", "seconds_evaluate",
-            "seconds_other", "fail_reason", "anchor"} <= set(names)
+            "seconds_other", "fail_reason", "anchor", "confirms_trial", "test_bleu", "test_chrf",
+            "test_loss", "seed"} <= set(names)
     assert "n_params" not in names
     assert set(study_stored_names()) == {"spec", "fingerprint", "n_trials", "data", "h2s_version",
                                          "optuna_version", "anchor_note", "slurm_arrays", "confirm"}
