@@ -190,11 +190,11 @@ def run_confirm(study: str, *, top: int, seeds: int, storage: str | None, data: 
     devs = launcher.plan_devices(workers, devices, workers_per_device, visible_gpus(), mps_available(),
                                  os.cpu_count() or 1)
     asked = workers is not None or bool(devices) or workers_per_device is not None
-    plan = launcher.Plan(spec, choice, parent.url, launcher.sqlite_limit(devs, parent.url, asked=asked, say=say))
+    local = launcher.Plan(spec, choice, parent.url, launcher.sqlite_limit(devs, parent.url, asked=asked, say=say))
     opened, enqueued = ensure_confirmation(parent.url, parent, spec, plan)
     say(f"study {spec.name!r} {'created' if opened.created else 'loaded'}: {len(plan.configs)} configurations x "
         f"{len(plan.seeds)} seeds (seeds {list(plan.seeds)})" + (f", {enqueued} runs enqueued" if enqueued else ""))
     t0 = time.perf_counter()
-    procs = launcher.spawn_workers(opened, plan, plan.devices, checkpoint_dir, artifact_dir, say)
+    procs = launcher.spawn_workers(opened, local, local.devices, checkpoint_dir, artifact_dir, say)
     codes = launcher.supervise(opened, procs, progress)
     return ConfirmResult(parent, opened, enqueued, len(procs), time.perf_counter() - t0, codes)

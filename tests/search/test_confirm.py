@@ -89,6 +89,12 @@ def test_confirm_runs_every_config_and_seed_on_val_and_test_once(search_copy):
             assert isinstance(t.user_attrs[key], float), key
         lines = (Path(t.user_attrs["checkpoint"]) / "test_translations.csv").read_text().splitlines()
         assert len(lines) == 1 + 8 and lines[0] == "row,reference,hypothesis"  # every test clip
+    from search.confirmation import build_confirmation
+
+    c = build_confirmation(search, confirmation(url))
+    assert [r.trial for r in c.rows] == [0] + [t.number for t in ranked]  # one row per config, the anchor first
+    assert all(r.seeds_done == 2 for r in c.rows) and c.progress.done
+    assert "anchor V4" in res.stdout and "expected best val_loss" in res.stdout  # the table and the curve
     # Running it again continues the same study: nothing is enqueued twice.
     res = cli("confirm", "--study", "tiny", "--top", 2, "--seeds", 2, "--storage", url, "--data", data,
               "--workers", 0, cwd=home)
