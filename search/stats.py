@@ -227,7 +227,10 @@ def judge(w: Welch, paired: PairedScore | None, *, higher_is_better: bool, paire
     elif paired is None:
         agree, other = False, False
     else:
-        agree, other = (paired.diff > 0) == (w.diff > 0), _significant(paired.p)
+        # sacrebleu's p counts resamples whose difference exceeds the observed one, plus one: for a difference
+        # of exactly 0 (the same corpus score, e.g. identical output) it is its floor 1/(n+1), which is no
+        # evidence of anything, so such a paired test is never significant.
+        agree, other = (paired.diff > 0) == (w.diff > 0), paired.diff != 0 and _significant(paired.p)
     if not seeds and (not paired_expected or paired is None or not other):
         return NOT_DISTINGUISHABLE
     if seeds and other and agree:
@@ -254,6 +257,8 @@ def _over_seeds(w: Welch, spec: str) -> str:
 def _paired_words(paired: PairedScore | None, missing: str, spec: str) -> str:
     if paired is None:
         return f"no paired test ({missing})" if missing else "no paired test"
+    if paired.diff == 0:
+        return "the median-seed runs score the same on the test sentences (no paired difference to test)"
     return f"paired bootstrap {format_p(paired.p)} ({paired.diff:+{spec}} on the median-seed runs)"
 
 
@@ -261,7 +266,8 @@ def sentence(label: str, ref: str, metric: str, verdict: str, w: Welch, paired: 
              spec: str = ".2f", paired_expected: bool = False, missing: str = "") -> str:
     """One sentence for one config and metric, such as "trial 17 beats V4 on test BLEU by +1.20 (95 % CI +0.40
     to +2.00, p = 0.01; 3 seeds; paired bootstrap p = 0.002)". `missing` says why the paired test is absent."""
-    tail = f"; paired bootstrap {format_p(paired.p)})" if paired is not None else ")"
+    tail = ")" if paired is None else "; the median-seed runs score the same)" if paired.diff == 0 else \
+        f"; paired bootstrap {format_p(paired.p)})"
     if verdict in (BEATS, WORSE):
         how = "beats" if verdict == BEATS else "is worse than"
         return f"{label} {how} {ref} on {metric} by {_over_seeds(w, spec)[:-1]}{tail}"

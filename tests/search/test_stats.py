@@ -166,6 +166,7 @@ def ps(diff: float, p: float) -> PairedScore:
     (w(1.2, 0.01), ps(-1.0, 0.001), True, True, INCONCLUSIVE),  # both significant, opposite signs
     (w(1.2, 0.01), None, True, True, INCONCLUSIVE),           # the paired test is missing
     (w(1.2, None, n=1), ps(1.0, 0.001), True, True, FEW_SEEDS),
+    (w(0.0, 1.0), ps(0.0, 0.000999), True, True, NOT_DISTINGUISHABLE),  # the same score: sacrebleu's floor p
 ])
 def test_the_decision_rule(welch_, paired, higher, on_test, verdict):
     assert judge(welch_, paired, higher_is_better=higher, paired_expected=on_test) == verdict
@@ -192,3 +193,12 @@ def test_the_sentences():
         "(+1.00 on the median-seed runs)")
     assert (format_p(0.0004), format_p(0.0123), format_p(1.0), format_p(None)) == (
         "p < 0.001", "p = 0.012", "p = 1", "p undefined")
+
+
+def test_sacrebleus_p_for_identical_output_is_its_floor_and_counts_for_nothing():
+    hyps, refs = ["a cat sat on the mat", "the dog ran"], ["a cat sat on a mat", "the dog ran home"]
+    paired = paired_bootstrap(hyps, {"same": hyps}, refs, n_samples=200)["same"]["bleu"]
+    assert paired.diff == 0 and paired.p == pytest.approx(1 / 201)  # sacrebleu: (0 + 1) / (n + 1)
+    assert judge(w(0.0, 1.0), paired, higher_is_better=True, paired_expected=True) == NOT_DISTINGUISHABLE
+    assert "score the same" in sentence("trial 1", "V4", "test BLEU", NOT_DISTINGUISHABLE, w(0.0, 1.0), paired,
+                                        paired_expected=True)
