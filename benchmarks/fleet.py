@@ -19,6 +19,17 @@ reports per epoch, Hyperband rung results and ~15 attributes) in a fresh databas
     python benchmarks/fleet.py                        # the headline: 256 workers, 5,000 trials, 3 variants
     python benchmarks/fleet.py --workers 32,64,128,256 --trials 500,2500,5000 --probe-trials 4
     python benchmarks/fleet.py --variants cache --workers 256 --trials 5000
+    python benchmarks/fleet.py --joins 12,48          # only the joins (below)
+
+Joins (issue 17): --joins N,... starts N worker processes that join one study at the same instant
+(search.study.load_stored with the study's worker numbering: the study lock, opening the storage,
+reading the study) through a pgbouncer of its own on --join-port, capped at --join-cap server connections
+(max_db_connections), and times until every one has joined: with the pooler declared in the URL
+(?h2s_pooler=pgbouncer) and undeclared (no option, a port that is not 6432). --join-variants may add
+"direct" (no pooler) and "<route>-blocking", where the lock is waited for inside the server
+(pg_advisory_xact_lock) instead of polled: on "direct" for comparison, and "undeclared-blocking" is issue
+17's deadlock, which pgbouncer's query_wait_timeout ends. Workers are forked from this process, so
+their imports are done before the clock starts.
 
 Needs PostgreSQL on 127.0.0.1:5432 (trust) and pgbouncer; as root it starts its own pgbouncer
 (.ci/pgbouncer, pool --pool-size) on port 6439. Targets (issue 10, at 256 workers and 5,000 trials):
@@ -34,6 +45,7 @@ import json
 import multiprocessing as mp
 import os
 import random
+import signal
 import subprocess
 import sys
 import threading
@@ -181,7 +193,7 @@ def _fetch(cur, ids: list[int]) -> None:
 
 def _read(cur, study_id: int, w: VirtualWorker, cached: bool) -> None:
     """One get_all_trials: Optuna's _CachedStorage (every unfinished and newer trial in full) or ours."""
-    if cached:  # FleetCachedStorage._light_refresh: one statement (ReconnectingRDBStorage._study_news)
+    if cached:  # FleetCachedStorage's narrow read: one statement (ReconnectingRDBStorage.narrow_read)
         rows = []
         for kind, pk, tid, key, *_ in cur.execute(_NEWS_SQL, (study_id, w.since, sorted(w.open), *[
                 v for t in _NEWS_TABLES for v in (study_id, w.marks[t])])):
@@ -191,7 +203,7 @@ def _read(cur, study_id: int, w: VirtualWorker, cached: bool) -> None:
                 table = _NEWS_TABLES[kind - 1]
                 w.marks[table] = max(w.marks[table], pk)
         w.since = max([w.since] + [tid for tid, _ in rows])
-    else:  # _CachedStorage._read_trials_from_remote_storage
+    else:  # Optuna's cached storage re-reads every unfinished and newer trial
         rows = cur.execute("SELECT trial_id, state FROM trials WHERE study_id = %s AND (trial_id > %s OR "
                            "trial_id = ANY(%s))", (study_id, w.floor, sorted(w.open))).fetchall()
         if rows:
@@ -204,7 +216,7 @@ def _read(cur, study_id: int, w: VirtualWorker, cached: bool) -> None:
 
 
 def _alone(cur, sql: str, params) -> None:
-    """One statement in autocommit (ReconnectingRDBStorage._add_if_running): no BEGIN, no COMMIT."""
+    """One statement in autocommit (as ReconnectingRDBStorage.add_trial_attrs): no BEGIN, no COMMIT."""
     conn = cur.connection
     conn.autocommit = True
     try:
@@ -245,7 +257,7 @@ def _start_trial(conn, study_id: int, w: VirtualWorker, cached: bool, popped) ->
                 "t.study_id = %s AND t.state = 'RUNNING' AND h.heartbeat < now() - interval '40 seconds'",
                 (study_id,)).fetchall()
     conn.commit()
-    _read(cur, study_id, w, cached)  # _pop_waiting_trial_id
+    _read(cur, study_id, w, cached)  # Optuna's pop of a waiting trial reads the study first
     waiting = sorted(t for t, st in w.known.items() if st == "WAITING")
     tid = None
     for cand in waiting[:1]:
@@ -480,15 +492,18 @@ def instrument(probe: Probe) -> None:
     import sqlalchemy
 
     import search.study as study_mod
-    from search.storage import FleetCachedStorage
+    from search.storage import FleetCachedStorage, trial_id_of
 
-    names = [n for n in dir(FleetCachedStorage) if not n.startswith("__") and callable(getattr(FleetCachedStorage, n))
-             and (not n.startswith("_") or n in ("_get_stale_trial_ids",))]
-    names = [n for n in names if n not in ("invalidate", "engine", "get_heartbeat_interval",
+    # Every public storage call, and the stale-trial check Optuna makes before each trial (its storage call
+    # is a private one: timed through the public function around it).
+    names = [n for n in dir(FleetCachedStorage) if not n.startswith("_") and callable(getattr(FleetCachedStorage, n))]
+    names = [n for n in names if n not in ("invalidate", "get_heartbeat_interval", "limit_new_trials",
                                            "get_heartbeat_stale_trial_callback", "remove_session",
-                                           "check_trial_is_updatable", "is_heartbeat_enabled")]
+                                           "check_trial_is_updatable", "is_heartbeat_enabled", "study_info",
+                                           "trial_location", "cached_trial", "add_to_cache")]
     for n in names:
         setattr(FleetCachedStorage, n, probe.timed(getattr(FleetCachedStorage, n), n))
+    optuna.storages.fail_stale_trials = probe.timed(optuna.storages.fail_stale_trials, "fail_stale_trials")
 
     @sqlalchemy.event.listens_for(sqlalchemy.engine.Engine, "after_cursor_execute")
     def _count(*_a):
@@ -527,7 +542,7 @@ def instrument(probe: Probe) -> None:
         t0 = time.perf_counter()
         trial = real_ask(self, *a, **k)
         probe.asks.append(time.perf_counter() - t0)
-        probe.asked_ids.append(trial._trial_id)
+        probe.asked_ids.append(trial_id_of(trial))
         return trial
 
     def should_prune(self):
@@ -567,6 +582,7 @@ def p(values: list[float], q: float) -> float:
 
 def cell(args, tmp: Path, data: Path, fingerprint: str, v: int, n: int, variant: str, probe: Probe) -> dict:
 
+    from search.storage import study_storage
     from search.study import create_or_load
 
     route, ttl = VARIANTS[variant]
@@ -580,7 +596,7 @@ def cell(args, tmp: Path, data: Path, fingerprint: str, v: int, n: int, variant:
     try:
         spec = bench_study("fleet-bench", n_trials=100000, epochs=args.epochs, anchor=False)
         opened = create_or_load(_url(db, "direct", 0), spec, fingerprint, str(data), None)
-        opened.study._storage._backend.engine.dispose()
+        study_storage(opened.study).engine.dispose()
         study_id, running = prefill(_url(db, "direct", 0), n, v, args.epochs)
         ctx = mp.get_context("spawn")
         out, done = ctx.Queue(), ctx.Event()
@@ -658,6 +674,115 @@ def ensure_pgbouncer(port: int, pool: int) -> None:
     say(f"started pgbouncer on 127.0.0.1:{port} (pool {pool}); config in {res.stdout.strip()}")
 
 
+# --------------------------------------------------------------------------- joins
+# A route, and "-blocking" for the lock waited for inside the server (as before issue 17 when the URL did
+# not declare the pooler; "undeclared-blocking" is the deadlock, ended by pgbouncer's query_wait_timeout).
+JOIN_VARIANTS = ("declared", "undeclared", "direct", "direct-blocking", "undeclared-blocking")
+
+
+def _join_child(url: str, go, out, blocking: bool) -> None:
+    """One worker's join, when `go` is set: (pid, monotonic time when done, worker number, error)."""
+    import search.storage._lock as lock
+    from search.storage import study_storage
+    from search.study import load_stored
+
+    if blocking:  # what the lock did before issue 17 when it was not told of a pooler
+        def wait_in_server(conn, key):
+            import sqlalchemy
+
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+
+        lock._poll = wait_in_server
+    go.wait()
+    try:
+        opened = load_stored(url, "fleet-bench", worker_index=None)
+        out.put((os.getpid(), time.monotonic(), opened.worker_index, None))
+        study_storage(opened.study).engine.dispose()
+    except BaseException as exc:  # reported, not raised: the parent counts failed joins
+        out.put((os.getpid(), time.monotonic(), None, f"{type(exc).__name__}: {str(exc)[:200]}"))
+
+
+def join_cell(args, fingerprint: str, data: Path, n: int, variant: str) -> dict:
+    """N workers joining one fresh study at once: seconds until all have joined, and what the server saw."""
+    from search.storage import study_storage
+    from search.study import create_or_load
+
+    db = f"h2s_join_{uuid.uuid4().hex[:10]}"
+    _pg(ADMIN, f'CREATE DATABASE "{db}"')
+    direct = _url(db, "direct", 0)
+    route = variant.removesuffix("-blocking")
+    url = {"declared": _url(db, "pgbouncer", args.join_port) + "?h2s_pooler=pgbouncer",
+           "undeclared": _url(db, "pgbouncer", args.join_port)}.get(route, direct)
+    try:
+        spec = bench_study("fleet-bench", n_trials=1000, epochs=args.epochs, anchor=False)
+        study_storage(create_or_load(direct, spec, fingerprint, str(data), None).study).engine.dispose()
+        ctx = mp.get_context("fork")  # imports done once, here: the clock measures the joins alone
+        go, out = ctx.Event(), ctx.Queue()
+        procs = [ctx.Process(target=_join_child, args=(url, go, out, variant.endswith("-blocking")))
+                 for _ in range(n)]
+        for pr in procs:
+            pr.start()
+        conns, stop = [], threading.Event()
+        watcher = threading.Thread(target=_watch_connections, args=(db, conns, stop), daemon=True)
+        watcher.start()
+        time.sleep(1.0)
+        t0 = time.monotonic()
+        go.set()
+        results = [out.get(timeout=args.join_timeout) for _ in procs]
+        for pr in procs:
+            pr.join(30)
+        stop.set()
+        watcher.join()
+    finally:
+        _pg(ADMIN, f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+    done = sorted(t - t0 for _, t, number, error in results if error is None)
+    errors = [error for *_, error in results if error is not None]
+    numbers = sorted(number for *_, number, error in results if error is None)
+    return {"variant": variant, "joins": n, "all_joined": done[-1] if done and not errors else float("nan"),
+            "median": done[len(done) // 2] if done else float("nan"), "failed": len(errors),
+            "error": errors[0] if errors else "", "numbered": numbers == list(range(n)),
+            "server_connections": max(conns, default=0)}
+
+
+def _watch_connections(db: str, conns: list, stop) -> None:
+    while not stop.is_set():
+        with contextlib.suppress(Exception):
+            conns.append(_pg(ADMIN, "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (db,))[0][0])
+        stop.wait(0.1)
+
+
+def start_pgbouncer(port: int, cap: int) -> Path:
+    """A pgbouncer of our own (transaction pooling, at most `cap` server connections per database); its folder."""
+    script = Path(__file__).resolve().parents[1] / ".ci" / "pgbouncer"
+    env = {**os.environ, "PGBOUNCER_PORT": str(port), "PGBOUNCER_POOL_SIZE": str(cap),
+           "PGBOUNCER_MAX_DB_CONNECTIONS": str(cap), "PGBOUNCER_QUERY_WAIT_TIMEOUT": "120"}
+    res = subprocess.run([str(script)], env=env, capture_output=True, text=True)
+    if res.returncode:
+        raise SystemExit(f"could not start pgbouncer on port {port}: {res.stderr.strip()}")
+    return Path(res.stdout.strip().splitlines()[-1])
+
+
+def joins(args, fingerprint: str, data: Path) -> None:
+    folder = start_pgbouncer(args.join_port, args.join_cap)
+    say(f"pgbouncer on 127.0.0.1:{args.join_port}, at most {args.join_cap} server connections per database; "
+        f"machine load {os.getloadavg()[0]:.2f}")
+    rows = []
+    try:
+        for n in map(int, args.joins.split(",")):
+            for variant in args.join_variants.split(","):
+                r = join_cell(args, fingerprint, data, n, variant)
+                rows.append(r)
+                say(f"{variant:>15} {n:>3} joins: all joined in {r['all_joined']:.2f} s (median {r['median']:.2f} s); "
+                    f"failed {r['failed']} {r['error']}; numbered 0..{n - 1}: {r['numbered']}; server connections "
+                    f"{r['server_connections']}")
+    finally:
+        os.kill(int((folder / "pgbouncer.pid").read_text()), signal.SIGTERM)
+    say("\n| joining at once | route | all joined | median | failed | server connections |\n|---|---|---|---|---|---|")
+    for r in rows:
+        say(f"| {r['joins']} | {r['variant']} | {r['all_joined']:.2f} s | {r['median']:.2f} s | {r['failed']} | "
+            f"{r['server_connections']} |")
+
+
 def main() -> None:
     def extra(ap):
         ap.add_argument("--workers", default="256", help="virtual workers, comma-separated (e.g. 32,64,128,256)")
@@ -673,6 +798,12 @@ def main() -> None:
         ap.add_argument("--generators", type=int, default=3)
         ap.add_argument("--pgbouncer-port", type=int, default=BENCH_PORT)
         ap.add_argument("--pool-size", type=int, default=20)
+        ap.add_argument("--joins", default="", help="only time N simultaneous joins, comma-separated (12,48)")
+        ap.add_argument("--join-variants", default="declared,undeclared",
+                        help=f"of {', '.join(JOIN_VARIANTS)} (direct ones open about 2 connections per join)")
+        ap.add_argument("--join-port", type=int, default=BENCH_PORT + 1)
+        ap.add_argument("--join-cap", type=int, default=6, help="server connections the joins' pgbouncer opens")
+        ap.add_argument("--join-timeout", type=float, default=600.0)
 
     args = parse_args("Storage of a V-worker fleet on PostgreSQL: direct, pgbouncer, pgbouncer + cache.", extra)
     if args.quick:
@@ -680,6 +811,13 @@ def main() -> None:
     os.environ.setdefault("H2S_HEARTBEAT_INTERVAL", "10")
     os.environ.setdefault("H2S_GRACE_PERIOD", "40")
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+    if args.joins:
+        with workdir(args.keep, "h2s-bench-joins-") as tmp:
+            from how2sign.batches import TrainData
+
+            data = make_corpus(tmp / "corpus", train=24, val=8, test=8)
+            joins(args, TrainData.load(data).fingerprint, data)
+        return
     ensure_pgbouncer(args.pgbouncer_port, args.pool_size)
     probe = Probe()
     instrument(probe)

@@ -13,8 +13,9 @@ Two kinds of trial:
     on a 2-core machine the trainings fight for the CPU and each storage call waits for a core, so this
     is an upper bound, printed for information.
 
-In each worker, every Optuna storage call (each public RDBStorage method, outermost call only) and the
-study lock that admits a trial (BudgetGate: pg_advisory_lock, waiting included) are timed. A trial's time
+In each worker, every storage call that reaches the database (each `@reconnecting` method of
+ReconnectingRDBStorage, outermost call only: Optuna's calls, and the fleet cache's narrow reads and
+one-statement writes) and the study lock (taken when the worker joins, waiting included) are timed. A trial's time
 is one turn of the worker loop (gate + optimize). "Storage" is what the worker's main thread spends in
 those calls; the heartbeat thread's calls run beside the training and are reported apart.
 
@@ -151,12 +152,15 @@ def _bench_worker(url: str, study: str, data: str, index: int, ckpt: str, mode: 
         seams["train"], seams["evaluate"] = _gpu_like(epoch_seconds, index)
 
     meter = Meter()
-    cls = storage._reconnecting_class()  # the class open_storage builds for PostgreSQL / MySQL
-    if not batch and hasattr(cls, "set_trial_user_attrs"):
-        del cls.set_trial_user_attrs  # --no-batch: one transaction per attribute, as before the batching
-    for name in (*storage._RECONNECTING, "set_trial_user_attrs"):  # the last: h2s-search's batched write
-        if hasattr(cls, name):
-            setattr(cls, name, meter.timed(name, getattr(cls, name)))
+    cls = storage.ReconnectingRDBStorage  # the class open_storage builds for PostgreSQL / MySQL
+    if not batch:  # --no-batch: one transaction per attribute, as before the batching
+        def one_by_one(self, trial_id, attrs):
+            for key, value in attrs.items():
+                self.set_trial_user_attr(trial_id, key, value)
+
+        cls.set_trial_user_attrs = one_by_one
+    for name in storage.reconnecting_methods(cls):  # every call that reaches the database
+        setattr(cls, name, meter.timed(name, getattr(cls, name)))
 
     real_lock = study_mod.creation_lock
 
@@ -263,6 +267,7 @@ def main() -> None:
 def _measure(args, tmp: Path, data: Path, mode: str) -> str:
 
     from how2sign.batches import TrainData
+    from search.storage import study_storage
     from search.study import create_or_load
 
     n_trials = args.trials or args.workers * (2 if args.quick else 3)
@@ -278,7 +283,7 @@ def _measure(args, tmp: Path, data: Path, mode: str) -> str:
     try:
         spec = bench_study("storage-bench", n_trials=n_trials, epochs=epochs, anchor=True)
         opened = create_or_load(url, spec, TrainData.load(data).fingerprint, str(data), n_trials)
-        opened.study._storage._backend.engine.dispose()
+        study_storage(opened.study).engine.dispose()
         figures = _fleet(args, tmp / mode, data, url, db, admin, spec.name, mode, epochs)
     finally:
         _pg(admin, f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')

@@ -19,7 +19,16 @@ from .errors import UserError
 from .paths import check_name
 from .records import STUDY_STORED_AS, UNSET, StudyRecord, TrialRecord
 from .spec import StudySpec, load_spec, parse
-from .storage import RETRY_HISTORY, creation_lock, open_storage, parse_url, resolve_url, storage_errors
+from .storage import (
+    RETRY_HISTORY,
+    HyperbandPruner,
+    creation_lock,
+    open_storage,
+    parse_url,
+    resolve_url,
+    storage_errors,
+    study_storage,
+)
 
 
 class StudyNotFound(UserError):
@@ -52,35 +61,6 @@ def build_sampler(spec: StudySpec, worker_index: int = 0):
     if kind == "gp":
         return optuna.samplers.GPSampler(seed=seed, **s)
     return optuna.samplers.TPESampler(seed=seed, **s)
-
-
-class HyperbandPruner(optuna.pruners.HyperbandPruner):
-    """Optuna's Hyperband, with each trial's bracket worked out once per study.
-
-    At every rung decision Optuna works out the bracket of every trial in the study (a CRC of the study
-    name and the trial number) to pick the trials of one bracket: about 10 ms of Python per decision at
-    5,000 trials. A trial's bracket never changes once the brackets are set up, so it is remembered here;
-    the brackets and the decisions are Optuna's own.
-    """
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._bracket_of: dict[int, int] = {}
-        self._brackets_of_study: str | None = None
-
-    def prune(self, study: optuna.Study, trial) -> bool:
-        if study.study_name != self._brackets_of_study:  # the same pruner given to another study
-            self._bracket_of.clear()
-            self._brackets_of_study = study.study_name
-        return super().prune(study, trial)
-
-    def _get_bracket_id(self, study, trial) -> int:
-        bracket = self._bracket_of.get(trial.number)
-        if bracket is None:
-            bracket = super()._get_bracket_id(study, trial)
-            if self._pruners:  # the brackets are set up: the answer is final
-                self._bracket_of[trial.number] = bracket
-        return bracket
 
 
 def build_pruner(spec: StudySpec):
@@ -181,8 +161,9 @@ def load_stored(url: str | None, name: str, *, worker_index: int | None = 0, hea
     if u.sqlite_file is not None and not u.sqlite_file.is_file():  # opening it would create an empty one
         raise StudyNotFound(f"no study {name!r}: the database file {u.sqlite_file} does not exist; create the "
                             "study with h2s-search start")
-    with creation_lock(url, name):
-        storage = open_storage(url, heartbeat=heartbeat, cache=True)
+    # Not under the study lock: the study must exist, so its tables do, and opening (Optuna's table and
+    # schema checks, some 20 statements) is then only reads; many workers joining at once open in parallel.
+    storage = open_storage(url, heartbeat=heartbeat, cache=True)
     with storage_errors(u):
         sid = _study_id(storage, name)
         if sid is None:
@@ -247,7 +228,7 @@ class BudgetGate:
 
     def __init__(self, opened: Opened):
         self.o = opened
-        storage = opened.study._storage
+        storage = study_storage(opened.study)
         if hasattr(storage, "limit_new_trials"):
             storage.limit_new_trials(STUDY_STORED_AS["budget"])
 

@@ -38,7 +38,7 @@ from .pretrained import check_study_encoder
 from .records import UNSET, TrialRecord
 from .slurm_job import slurm_job_id
 from .space import config_from_trial
-from .storage import BudgetSpent, heartbeat_settings
+from .storage import BudgetSpent, finished_elsewhere, heartbeat_settings, study_id_of, study_storage
 from .study import BudgetGate, FingerprintMismatch, Opened, load_stored
 
 CHECKPOINT_ENV = "H2S_CHECKPOINTS"
@@ -133,9 +133,9 @@ def is_oom(exc: BaseException) -> bool:
 def trial_by_number(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial | None:
     """One trial of the study, through the storage's trial look-up: a trial this worker runs or a finished
     one costs no statement with the fleet cache, where scanning `study.get_trials()` re-reads the study."""
-    storage = study._storage
+    storage = study_storage(study)
     try:
-        return storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study._study_id, number))
+        return storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study_id_of(study), number))
     except KeyError:
         return None
 
@@ -501,12 +501,9 @@ def _pause(seconds: float, stop: StopFlag) -> None:
 def _ended_elsewhere(study, number: int | None, exc: BaseException) -> str | None:
     """The state of our trial if another process finished it under us (a stale heartbeat), else None.
 
-    Optuna says so with UpdateFinishedTrialError, "Cannot tell a ..." or, when the trial is failed between
-    its own checks, an AssertionError("Should not reach.") from inside study.optimize.
+    Which exceptions say so is Optuna's business: search.storage.finished_elsewhere knows.
     """
-    said = ("Cannot tell a", "Should not reach")
-    if number is None or not (isinstance(exc, optuna.exceptions.UpdateFinishedTrialError)
-                              or str(exc).startswith(said)):
+    if number is None or not finished_elsewhere(exc):
         return None
     t = trial_by_number(study, number)
     return t.state.name if t is not None and t.state.is_finished() else None

@@ -4,11 +4,16 @@ In the manner of optuna.storages: the public names live here, the machinery in p
 
 * `open_storage(url)` is the one factory. It returns a `ReconnectingRDBStorage` (an RDBStorage whose
   calls wait out a lost database connection), or with `cache=True` that storage behind a
-  `FleetCachedStorage` (reads that do not grow with the number of running trials).
-* `creation_lock(url, name)` is the study lock (creating a study, a worker joining); it works through a
-  transaction-pooling pgbouncer. Trials need no lock of ours: `limit_new_trials` makes Optuna's own
-  trial creation refuse (`BudgetSpent`) a trial beyond the study's budget.
+  `FleetCachedStorage` (reads that do not grow with the number of running trials); `FleetBackend` is
+  the contract between the two.
+* `creation_lock(url, name)` is the study lock (creating a study, a worker joining); it never waits
+  inside the database, so it works through any transaction-pooling pgbouncer, declared or not. Trials
+  need no lock of ours: `limit_new_trials` makes Optuna's own trial creation refuse (`BudgetSpent`) a
+  trial beyond the study's budget.
 * `storage_errors` turns database errors into our own one-line `StorageError`.
+* `_optuna.py` is the one module that reaches into Optuna's private internals; what the rest of the
+  service needs of them is exported here: `HyperbandPruner`, `study_storage`, `study_id_of`,
+  `trial_id_of`, `finished_elsewhere`, `RETRY_HISTORY`, `TESTED_OPTUNA`.
 
 Behind pgbouncer (port 6432, or `?h2s_pooler=pgbouncer` in the URL; `?h2s_pooler=none` says there is
 none) each process keeps a pool of 1 connection plus 1 overflow. psycopg's automatic prepared statements,
@@ -46,16 +51,18 @@ from ._url import (
 
 __all__ = [
     "CACHE_SECONDS", "DEFAULT_URL", "ENV", "GRACE_PERIOD", "HEARTBEAT_INTERVAL", "MAX_RETRY", "POOLER_OPTION",
-    "POOLER_PORT", "RECONNECT_SECONDS", "RETRY_HISTORY", "SQLITE_BUSY_TIMEOUT", "BudgetSpent", "FleetCachedStorage",
-    "ReconnectingRDBStorage", "StorageError", "StorageURL", "cache_seconds", "creation_lock", "engine_kwargs",
-    "heartbeat_settings",
-    "is_disconnect", "mask_password", "open_storage", "parse_url", "reconnect_seconds", "resolve_url",
-    "set_user_attrs", "storage_errors",
+    "POOLER_PORT", "RECONNECT_SECONDS", "RETRY_HISTORY", "SQLITE_BUSY_TIMEOUT", "TESTED_OPTUNA", "BudgetSpent",
+    "FleetBackend", "FleetCachedStorage", "HyperbandPruner", "ReconnectingRDBStorage", "StorageError",
+    "StorageURL", "cache_seconds", "creation_lock", "engine_kwargs", "finished_elsewhere", "heartbeat_settings",
+    "is_disconnect", "mask_password", "open_storage", "parse_url", "reconnect_seconds", "reconnecting_methods",
+    "resolve_url", "set_user_attrs", "storage_errors", "study_id_of", "study_storage", "trial_id_of",
 ]
-# Importing optuna takes a second: the classes (and the private names benchmarks/storage.py times) load
-# on first use, so that `h2s-search --help` and URL parsing stay quick.
-_LAZY = {"ReconnectingRDBStorage": "_rdb", "BudgetSpent": "_rdb", "RETRY_HISTORY": "_rdb", "FleetCachedStorage": "_cache",
-         "_RECONNECTING": "_rdb", "_reconnecting_class": "_rdb", "_serialise_sqlite": "_rdb"}
+# Importing optuna takes a second: these load on first use, so that `h2s-search --help` and URL parsing
+# stay quick.
+_LAZY = {"ReconnectingRDBStorage": "_rdb", "BudgetSpent": "_rdb", "FleetCachedStorage": "_cache",
+         "FleetBackend": "_contract", "reconnecting_methods": "_retry",
+         **{name: "_optuna" for name in ("RETRY_HISTORY", "TESTED_OPTUNA", "HyperbandPruner", "finished_elsewhere",
+                                         "study_id_of", "study_storage", "trial_id_of")}}
 
 
 def __getattr__(name: str):
@@ -106,14 +113,21 @@ def set_user_attrs(trial, attrs: dict) -> None:
     """trial.set_user_attr for each item, in one database transaction where the storage allows it.
 
     A trial records about twenty attributes when it starts and ends; on PostgreSQL/MySQL each would
-    otherwise be its own transaction and commit. Other storages (FixedTrial, in-memory) set them one by one.
+    otherwise be its own transaction and commit. Other trials and storages (FixedTrial, in-memory) set
+    them one by one.
     """
-    storage = getattr(trial, "storage", None)
-    target = storage if hasattr(storage, "set_trial_user_attrs") else getattr(storage, "_backend", None)
-    cached = getattr(trial, "_cached_frozen_trial", None)
-    if not attrs or not hasattr(target, "set_trial_user_attrs") or cached is None:
+    import optuna
+
+    from ._contract import UserAttrsWriter
+    from ._optuna import backend_of, frozen_trial_of, trial_id_of
+
+    target = None
+    if isinstance(trial, optuna.Trial):
+        # A FleetCachedStorage, or ours inside the cache Optuna puts around an RDBStorage it is given.
+        target = next((s for s in (trial.storage, backend_of(trial.storage)) if isinstance(s, UserAttrsWriter)), None)
+    if not attrs or target is None:
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         return
-    target.set_trial_user_attrs(trial._trial_id, attrs)
-    cached.user_attrs.update(attrs)  # what Trial.set_user_attr does after writing, so trial.user_attrs agrees
+    target.set_trial_user_attrs(trial_id_of(trial), attrs)
+    frozen_trial_of(trial).user_attrs.update(attrs)  # what Trial.set_user_attr does after writing

@@ -10,7 +10,8 @@ changes, and ReconnectingRDBStorage writes an overwritten attribute as a new row
 states, values, reports and attributes are exact on every read, whoever wrote them through this storage.
 Only a program that updates a row in place (plain Optuna overwriting an attribute) is seen late: at the
 next full re-read, every `ttl` seconds ($H2S_CACHE_SECONDS). Writes and heartbeats are never cached.
-See docs/architecture.md ("Storage").
+That one statement is the narrow read (`FleetBackend.narrow_read`); the backend's side of the contract
+is `search.storage._contract.FleetBackend`. See docs/architecture.md ("Storage").
 """
 
 from __future__ import annotations
@@ -21,28 +22,32 @@ import time
 from typing import Any
 
 from optuna.storages import RDBStorage
-from optuna.storages._cached_storage import _CachedStorage, _StudyInfo
 from optuna.trial import FrozenTrial, TrialState
 
-from ._rdb import _local
+from ._contract import FleetBackend
+from ._narrow import local_time
+from ._optuna import CachedStorageBase, trial_id_of
 from ._url import CACHE_SECONDS
 
 LOOKUP_SECONDS = 30.0  # a study's id and user attributes (its budget, its definition) are re-read this often
 
 
-class FleetCachedStorage(_CachedStorage):
-    """`_CachedStorage` whose reads cost one small statement, with a full re-read at most every `ttl`
-    seconds (see the module's docstring)."""
+class FleetCachedStorage(CachedStorageBase):
+    """Optuna's cached storage whose reads cost one small statement, with a full re-read at most every
+    `ttl` seconds (see the module's docstring). The backend must be an RDBStorage that is a FleetBackend."""
 
     def __init__(self, backend: RDBStorage, ttl: float = CACHE_SECONDS) -> None:
+        if not (isinstance(backend, RDBStorage) and isinstance(backend, FleetBackend)):
+            raise TypeError(f"FleetCachedStorage needs an RDBStorage that is a FleetBackend (such as "
+                            f"ReconnectingRDBStorage), not {type(backend).__name__}")
         super().__init__(backend)
         self.ttl = float(ttl)
         self._reset_clock()
 
     def _reset_clock(self) -> None:
         self._full_at: dict[int, float] = {}      # study id -> monotonic time of its last full read
-        self._names: dict[str, tuple[float, int]] = {}
-        self._user_attrs: dict[int, tuple[float, dict[str, Any]]] = {}
+        self._names: dict[str, tuple[float, int]] = {}  # study name -> (when read, its id)
+        self._study_attrs: dict[int, tuple[float, dict[str, Any]]] = {}  # study id -> (when, user attributes)
         self._readers: dict[int, _Reader] = {}    # study id -> where its next narrow read starts
         self._own: set[int] = set()               # running trials this process created or popped
 
@@ -52,19 +57,19 @@ class FleetCachedStorage(_CachedStorage):
 
     @property
     def engine(self):
-        return self._backend.engine
+        return self.backend.engine
 
     def invalidate(self, study_id: int | None = None) -> None:
         """Make the next read of the study (or of every study) a full one."""
-        with self._lock:
+        with self.lock:
             if study_id is None:
                 self._full_at.clear()
                 self._readers.clear()
-                self._user_attrs.clear()
+                self._study_attrs.clear()
             else:
                 self._full_at.pop(study_id, None)
                 self._readers.pop(study_id, None)
-                self._user_attrs.pop(study_id, None)
+                self._study_attrs.pop(study_id, None)
 
     # ------------------------------------------------------------------ study look-ups
     def _fresh(self, stamp: float) -> bool:
@@ -72,34 +77,34 @@ class FleetCachedStorage(_CachedStorage):
         return self.ttl > 0 and time.monotonic() - stamp < min(self.ttl, LOOKUP_SECONDS)
 
     def get_study_id_from_name(self, study_name: str) -> int:
-        with self._lock:
+        with self.lock:
             hit = self._names.get(study_name)
         if hit is not None and self._fresh(hit[0]):
             return hit[1]
-        study_id = self._backend.get_study_id_from_name(study_name)
-        with self._lock:
+        study_id = self.backend.get_study_id_from_name(study_name)
+        with self.lock:
             self._names[study_name] = (time.monotonic(), study_id)
         return study_id
 
     def get_study_user_attrs(self, study_id: int) -> dict[str, Any]:
-        with self._lock:
-            hit = self._user_attrs.get(study_id)
+        with self.lock:
+            hit = self._study_attrs.get(study_id)
         if hit is not None and self._fresh(hit[0]):
             return copy.deepcopy(hit[1])
-        attrs = self._backend.get_study_user_attrs(study_id)
-        with self._lock:
-            self._user_attrs[study_id] = (time.monotonic(), copy.deepcopy(attrs))
+        attrs = self.backend.get_study_user_attrs(study_id)
+        with self.lock:
+            self._study_attrs[study_id] = (time.monotonic(), copy.deepcopy(attrs))
         return attrs
 
     def set_study_user_attr(self, study_id: int, key: str, value: Any) -> None:
         try:
             super().set_study_user_attr(study_id, key, value)
         finally:
-            with self._lock:
-                self._user_attrs.pop(study_id, None)
+            with self.lock:
+                self._study_attrs.pop(study_id, None)
 
     def delete_study(self, study_id: int) -> None:
-        with self._lock:
+        with self.lock:
             self._names = {k: v for k, v in self._names.items() if v[1] != study_id}
         self.invalidate(study_id)
         super().delete_study(study_id)
@@ -112,37 +117,34 @@ class FleetCachedStorage(_CachedStorage):
     # pruner's look at its system attributes every epoch) costs no statement at all.
     def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
         trial_id = super().create_new_trial(study_id, template_trial)
-        with self._lock:
-            trial = self._cached(self._studies[study_id], trial_id)
+        with self.lock:
+            trial = self._cached(trial_id)
             if trial is not None and trial.state == TrialState.RUNNING and study_id in self._readers:
                 self._own.add(trial_id)
         return trial_id
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values=None) -> bool:
-        with self._lock:
+        with self.lock:
             self._own.discard(trial_id)
         done = super().set_trial_state_values(trial_id, state, values)
         if done and state == TrialState.RUNNING:  # popped: one read brings its state and start time
-            with self._lock:
-                where = self._trial_id_to_study_id_and_number.get(trial_id)
-                light = where is not None and where[0] in self._readers
-            if light:
-                self._read_trials_from_remote_storage(where[0])
-                with self._lock:
-                    trial = self._cached(self._studies[where[0]], trial_id)
+            with self.lock:
+                where = self.trial_location(trial_id)
+                narrow = where is not None and where[0] in self._readers
+            if narrow:
+                self.refresh(where[0])
+                with self.lock:
+                    trial = self._cached(trial_id)
                     if trial is not None and trial.state == TrialState.RUNNING:
                         self._own.add(trial_id)
         return done
 
     def _own_trial(self, trial_id: int) -> FrozenTrial | None:
         """The cached copy of a trial this process runs, else None (the caller holds the lock)."""
-        if trial_id not in self._own:
-            return None
-        study_id, number = self._trial_id_to_study_id_and_number[trial_id]
-        return self._studies[study_id].trials[number]
+        return self._cached(trial_id) if trial_id in self._own else None
 
     def _write_through(self, trial_id: int, change) -> None:
-        with self._lock:
+        with self.lock:
             trial = self._own_trial(trial_id)
             if trial is None:
                 return
@@ -151,8 +153,8 @@ class FleetCachedStorage(_CachedStorage):
                 return
             trial = _copy(trial)  # copies: a caller may hold the old object
             change(trial)
-            study_id, number = self._trial_id_to_study_id_and_number[trial_id]
-            self._studies[study_id].trials[number] = trial
+            study_id, number = self.trial_location(trial_id)
+            self.study_info(study_id).trials[number] = trial
 
     def set_trial_param(self, trial_id: int, param_name: str, param_value_internal: float, distribution) -> None:
         super().set_trial_param(trial_id, param_name, param_value_internal, distribution)
@@ -176,37 +178,33 @@ class FleetCachedStorage(_CachedStorage):
         self._write_through(trial_id, lambda t: t.system_attrs.__setitem__(key, copy.deepcopy(value)))
 
     def _added(self, trial_id: int, attrs: dict[str, Any], *, user: bool) -> bool:
-        """New attributes of a trial this process runs, in one statement (ReconnectingRDBStorage._add_attrs):
+        """New attributes of a trial this process runs, in one statement (FleetBackend.add_trial_attrs):
         its cached copy is exact, so it tells whether a key is new. False, with nothing written, for any
         other write, which then takes the backend's transaction (and its errors)."""
-        with self._lock:
+        with self.lock:
             own = self._own_trial(trial_id)
             new = bool(attrs) and own is not None and not own.state.is_finished() and not (
                 attrs.keys() & (own.user_attrs if user else own.system_attrs).keys())
-        return new and hasattr(self._backend, "_add_attrs") and self._backend._add_attrs(trial_id, attrs, user=user)
+        return new and self.backend.add_trial_attrs(trial_id, attrs, user=user)
 
     def limit_new_trials(self, budget_attr: str | None) -> None:
         """See ReconnectingRDBStorage.limit_new_trials."""
-        self._backend.limit_new_trials(budget_attr)
+        self.backend.limit_new_trials(budget_attr)
 
     def set_trial_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
-        """Several user attributes in one statement (new keys of a trial this process runs) or one
-        transaction, where the backend offers it."""
+        """Several user attributes in one statement (new keys of a trial this process runs), else in one
+        transaction."""
         if not self._added(trial_id, attrs, user=True):
-            if hasattr(self._backend, "set_trial_user_attrs"):
-                self._backend.set_trial_user_attrs(trial_id, attrs)
-            else:
-                for key, value in attrs.items():
-                    self._backend.set_trial_user_attr(trial_id, key, value)
+            self.backend.set_trial_user_attrs(trial_id, attrs)
         self._write_through(trial_id, lambda t: t.user_attrs.update(copy.deepcopy(attrs)))
 
     # ------------------------------------------------------------------ reads
     def get_all_trials(self, study_id: int, deepcopy: bool = True, states=None) -> list[FrozenTrial]:
-        """As `_CachedStorage.get_all_trials`, with the trials ordered by sorting their numbers (plain ints)
+        """As Optuna's cached storage, with the trials ordered by sorting their numbers (plain ints)
         instead of calling a key function on every trial: a few times cheaper at 5,000 trials."""
-        self._read_trials_from_remote_storage(study_id)
-        with self._lock:
-            trials = self._studies[study_id].trials
+        self.refresh(study_id)
+        with self.lock:
+            trials = self.study_info(study_id).trials
             out = [trials[number] for number in sorted(trials)]
         if states is not None:
             out = [t for t in out if t.state in states]
@@ -215,61 +213,57 @@ class FleetCachedStorage(_CachedStorage):
     def get_trial(self, trial_id: int) -> FrozenTrial:
         """A finished trial from the cache; an unfinished one after a narrow read of its study (one
         statement, exact for everything written through this storage), where Optuna re-reads it in full."""
-        with self._lock:
-            where = self._trial_id_to_study_id_and_number.get(trial_id)
-            light = where is not None and where[0] in self._readers and where[0] in self._studies
-            trial = self._get_cached_trial(trial_id)
+        with self.lock:
+            where = self.trial_location(trial_id)
+            narrow = where is not None and where[0] in self._readers and self.study_info(where[0]) is not None
+            trial = self.cached_trial(trial_id)
             own = self._own_trial(trial_id)
             if trial is None and own is not None:
                 return _copy(own)
-        if trial is not None or not light or self.ttl <= 0:
-            return trial if trial is not None else self._backend.get_trial(trial_id)
-        self._read_trials_from_remote_storage(where[0])
-        with self._lock:
-            trial = self._cached(self._studies[where[0]], trial_id)
+        if trial is not None or not narrow or self.ttl <= 0:
+            return trial if trial is not None else self.backend.get_trial(trial_id)
+        self.refresh(where[0])
+        with self.lock:
+            trial = self._cached(trial_id)
         # A copy: optuna.Trial records its suggestions in the FrozenTrial it holds.
-        return self._backend.get_trial(trial_id) if trial is None else _copy(trial)
+        return self.backend.get_trial(trial_id) if trial is None else _copy(trial)
 
     def get_trial_system_attrs(self, trial_id: int) -> dict[str, Any]:
         """What a pruner reads of its trial at every epoch: nothing for an own trial (see above), else one
         query, not a whole trial's six."""
-        with self._lock:
-            trial = self._get_cached_trial(trial_id) or self._own_trial(trial_id)
+        with self.lock:
+            trial = self.cached_trial(trial_id) or self._own_trial(trial_id)
         if trial is not None:
             return dict(trial.system_attrs)
-        if hasattr(self._backend, "_trial_system_attrs"):
-            return self._backend._trial_system_attrs(trial_id)
-        return super().get_trial_system_attrs(trial_id)
+        return self.backend.get_trial_system_attrs(trial_id)
 
-    def _read_trials_from_remote_storage(self, study_id: int) -> None:
+    def refresh(self, study_id: int) -> None:
+        """Before a read of the study's trials: the narrow read, or every `ttl` seconds a full one."""
         now = time.monotonic()
-        with self._lock:
-            reader = self._readers.get(study_id) if study_id in self._studies else None
-            full = (reader is None or self.ttl <= 0 or not hasattr(self._backend, "_study_news")
-                    or now - self._full_at.get(study_id, -math.inf) >= self.ttl)
+        with self.lock:
+            reader = self._readers.get(study_id) if self.study_info(study_id) is not None else None
+            full = reader is None or self.ttl <= 0 or now - self._full_at.get(study_id, -math.inf) >= self.ttl
         if not full:
-            self._light_refresh(study_id, reader, now)
+            self._narrow_read(study_id, reader, now)
             return
         # Marks first: a row added during the full read is then read again next time, never missed.
-        marks = self._backend._child_marks() if hasattr(self._backend, "_child_marks") else None
-        super()._read_trials_from_remote_storage(study_id)
-        with self._lock:
+        marks = self.backend.row_marks()
+        self.full_refresh(study_id)
+        with self.lock:
             self._full_at[study_id] = now
-            if marks is not None:
-                study = self._studies[study_id]
-                since = max((t._trial_id for t in study.trials.values()), default=-1)
-                self._readers[study_id] = _Reader(since, marks)
+            since = max((trial_id_of(t) for t in self.study_info(study_id).trials.values()), default=-1)
+            self._readers[study_id] = _Reader(since, marks)
 
-    def _light_refresh(self, study_id: int, reader: _Reader, now: float) -> None:
+    def _narrow_read(self, study_id: int, reader: _Reader, now: float) -> None:
         """One statement: the new and unfinished trials' states, and every per-trial row added since."""
-        with self._lock:
-            study = self._studies[study_id]
+        with self.lock:
+            study = self.study_info(study_id)
             since, marks, pending = reader.since, dict(reader.marks), reader.pending_ids(now)
             open_ids = set(study.unfinished_trial_ids)
-        listing, rows = self._backend._study_news(study_id, since, marks, pending, open_ids)
-        with self._lock:
-            fresh = self._apply(study, listing, rows)
-            self._add_trials_to_cache(study_id, list(fresh.values()))
+        listing, rows = self.backend.narrow_read(study_id, since, marks, pending, open_ids)
+        with self.lock:
+            fresh = self._apply(listing, rows)
+            self.add_to_cache(study_id, list(fresh.values()))
             for tid, _number, state, _start, _complete in listing:
                 if state.is_finished():
                     study.unfinished_trial_ids.discard(tid)
@@ -284,7 +278,7 @@ class FleetCachedStorage(_CachedStorage):
             study.last_finished_trial_id = max(study.last_finished_trial_id,
                                                min(since, min(late, default=since + 1) - 1))
 
-    def _apply(self, study: _StudyInfo, listing: list[tuple], rows: dict[str, list[tuple]]) -> dict:
+    def _apply(self, listing: list[tuple], rows: dict[str, list[tuple]]) -> dict:
         """The news onto copies of the cached trials (the caller holds the lock); returns them by id.
 
         Copies, not edits: a caller may still hold the old FrozenTrial objects (deepcopy=False). A finished
@@ -292,21 +286,21 @@ class FleetCachedStorage(_CachedStorage):
         """
         fresh: dict[int, FrozenTrial] = {}
         for tid, number, state, start, complete in listing:
-            old = self._cached(study, tid)
+            old = self._cached(tid)
             if old is None:
-                fresh[tid] = FrozenTrial(number=number, state=state, value=None, datetime_start=_local(start),
-                                         datetime_complete=_local(complete), params={}, distributions={},
+                fresh[tid] = FrozenTrial(number=number, state=state, value=None, datetime_start=local_time(start),
+                                         datetime_complete=local_time(complete), params={}, distributions={},
                                          user_attrs={}, system_attrs={}, intermediate_values={}, trial_id=tid)
             elif old.state != state:
                 t = fresh[tid] = _copy(old)
-                t.state, t.datetime_start, t.datetime_complete = state, _local(start), _local(complete)
+                t.state, t.datetime_start, t.datetime_complete = state, local_time(start), local_time(complete)
         values: dict[int, dict[int, float]] = {}
         for name, got in rows.items():
             for row in got:
                 tid = row[1]
                 t = fresh.get(tid)
                 if t is None:
-                    old = self._cached(study, tid)
+                    old = self._cached(tid)
                     if old is None or old.state.is_finished():
                         continue
                     t = fresh[tid] = _copy(old)
@@ -324,9 +318,10 @@ class FleetCachedStorage(_CachedStorage):
             fresh[tid].values = [by_objective[k] for k in sorted(by_objective)]
         return fresh
 
-    def _cached(self, study: _StudyInfo, trial_id: int) -> FrozenTrial | None:
-        where = self._trial_id_to_study_id_and_number.get(trial_id)
-        return None if where is None else study.trials.get(where[1])
+    def _cached(self, trial_id: int) -> FrozenTrial | None:
+        """The cached copy of any trial, finished or not (the caller holds the lock)."""
+        where = self.trial_location(trial_id)
+        return None if where is None else self.study_info(where[0]).trials.get(where[1])
 
 
 def _copy(trial: FrozenTrial) -> FrozenTrial:

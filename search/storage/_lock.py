@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
 import random
 import time
 from collections.abc import Iterator
@@ -28,12 +27,13 @@ _log = logging.getLogger("h2s_search.storage")
 def creation_lock(url: str | None, name: str, *, reconnect: bool = False) -> Iterator[None]:
     """A lock across processes and machines, held while a study is created and its anchor enqueued.
 
-    PostgreSQL: a transaction-scoped advisory lock (pg_advisory_xact_lock), held by keeping a transaction
-    open on a connection of its own; unlike a session lock it works through a transaction-pooling
-    pgbouncer, whose next transaction may run on another server connection. MySQL: GET_LOCK; SQLite: an
-    flock on a file beside the database. Concurrent create_study and concurrent table creation both race
-    without it. With `reconnect`, taking the lock waits out a lost database connection (a running worker),
-    instead of failing at once (a command).
+    PostgreSQL: a transaction-scoped advisory lock, held by keeping a transaction open on a connection of
+    its own; unlike a session lock it works through a transaction-pooling pgbouncer, whose next
+    transaction may run on another server connection. It is polled (`pg_try_advisory_xact_lock`), never
+    waited for in the server, pooler or not: see `_poll`. MySQL: GET_LOCK; SQLite: an flock on a file
+    beside the database. Concurrent create_study and concurrent table creation both race without it. With
+    `reconnect`, taking the lock waits out a lost database connection (a running worker), instead of
+    failing at once (a command).
     """
     u = parse_url(resolve_url(url))
     if u.backend == "sqlite":
@@ -66,6 +66,14 @@ def _file_lock(u: StorageURL) -> Iterator[None]:
 
 def _acquire(u: StorageURL, key: int, reconnect: bool):
     engine = _lock_engine(u)
+    try:
+        return _connect_and_take(u, engine, key, reconnect)
+    except BaseException:
+        engine.dispose()
+        raise
+
+
+def _connect_and_take(u: StorageURL, engine, key: int, reconnect: bool):
     deadline, delay, attempt = time.monotonic() + (reconnect_seconds() if reconnect else 0.0), 0.2, 0
     while True:
         conn, attempt = None, attempt + 1
@@ -96,16 +104,31 @@ def _take(u: StorageURL, conn, key: int) -> None:
         if got != 1:
             raise StorageError(f"timed out waiting for the study lock on {u.masked}")
         return
-    if not u.pooler:
-        conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
-        return  # the transaction stays open: the lock is ours until it ends
-    # Behind a pooler a blocked waiter would pin a server connection the holder may need: try, and if the
-    # lock is taken, end the transaction (handing the server connection back) and try again shortly.
-    pause = 0.005
-    while not conn.execute(sqlalchemy.text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": key}).scalar():
+    _poll(conn, key)
+
+
+# Polling backoff: the first retry after about POLL_FIRST seconds, growing by half each time to POLL_MOST,
+# each pause drawn from 0.5x to 1.5x so that waiters that started together spread out.
+POLL_FIRST, POLL_MOST = 0.01, 0.25
+
+
+def _poll(conn, key: int) -> None:
+    """Take the advisory lock without ever waiting for it inside the server.
+
+    A waiter blocked in pg_advisory_xact_lock would hold a server connection the whole time; behind a
+    transaction-pooling pgbouncer with P server connections, P blocked waiters leave the lock's holder none
+    for the work it holds the lock for, and the fleet deadlocks (issue 17). A pooler may sit on any port and
+    the URL need not say so, so this is done whatever the URL says: try, and while the lock is taken, end
+    the transaction (handing the server connection back) and try again shortly. Once taken, the
+    transaction stays open: the lock is ours until it ends (`_release`).
+    """
+    import sqlalchemy
+
+    statement, pause = sqlalchemy.text("SELECT pg_try_advisory_xact_lock(:k)"), POLL_FIRST
+    while not conn.execute(statement, {"k": key}).scalar():
         conn.rollback()
         time.sleep(pause * random.uniform(0.5, 1.5))
-        pause = min(pause * 1.5, 0.05)
+        pause = min(pause * 1.5, POLL_MOST)
 
 
 def _release(u: StorageURL, conn, key: int) -> None:
@@ -123,24 +146,17 @@ def _release(u: StorageURL, conn, key: int) -> None:
             conn.invalidate()
     with contextlib.suppress(Exception):
         conn.close()
-
-
-_lock_engines: dict[tuple[int, str], object] = {}
+    conn.engine.dispose()
 
 
 def _lock_engine(u: StorageURL):
-    """One engine per process and database for the study lock, with no pool: the lock is taken only to
+    """An engine of the lock's own, with no pool, for one taking of the lock: the lock is taken only to
     create a study and when a worker joins (trials take none), so its connection is closed on release
     instead of being held open, one idle server connection per worker, for the worker's whole life.
-    Keyed by pid, so a forked child never shares a socket.
+    Made per taking, so nothing outlives it (a forked child never shares its socket).
     """
     import sqlalchemy
     from sqlalchemy.pool import NullPool
 
-    key = (os.getpid(), u.sqlalchemy)
-    engine = _lock_engines.get(key)
-    if engine is None:
-        engine = sqlalchemy.create_engine(u.sqlalchemy, poolclass=NullPool,
-                                          connect_args=engine_kwargs(u).get("connect_args", {}))
-        _lock_engines[key] = engine
-    return engine
+    return sqlalchemy.create_engine(u.sqlalchemy, poolclass=NullPool,
+                                    connect_args=engine_kwargs(u).get("connect_args", {}))

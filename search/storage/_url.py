@@ -168,12 +168,27 @@ def storage_errors(u: StorageURL) -> Iterator[None]:
         raise StorageError(f"no database driver for {u.masked}; pip install 'h2s-search[postgres]' or "
                            "'h2s-search[mysql]'") from None
     except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:
-        text = str(getattr(exc, "orig", exc)).strip()
-        reason = text.splitlines()[0] if text else type(exc).__name__
-        raise StorageError(f"cannot reach the database at {u.masked}: {mask_password(reason)}") from None
+        raise StorageError(f"cannot reach the database at {u.masked}: {_reason(exc)}") from None
     except ImportError:
         raise StorageError(f"no database driver for {u.masked}; pip install "
                            "'h2s-search[postgres]' or 'h2s-search[mysql]'") from None
+    except Exception as exc:
+        # Optuna wraps what the database said in StorageInternalError (its schema check at connection, a
+        # failed commit): a lost connection reads as one, anything else names the database's own words.
+        from optuna.exceptions import StorageInternalError
+
+        if not isinstance(exc, StorageInternalError):
+            raise
+        cause = exc.__cause__ or exc
+        if is_disconnect(exc):
+            raise StorageError(f"cannot reach the database at {u.masked}: {_reason(cause)}") from None
+        raise StorageError(f"the database at {u.masked} refused a storage call: {_reason(cause)}") from None
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of what the driver said (masked), else the error's type."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return mask_password(text.splitlines()[0] if text else type(exc).__name__)
 
 
 def heartbeat_settings() -> tuple[int, int]:

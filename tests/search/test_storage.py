@@ -7,7 +7,6 @@ import pickle
 import sqlite3
 import threading
 import warnings
-from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -22,6 +21,8 @@ from search.storage import (
     engine_kwargs,
     open_storage,
     parse_url,
+    study_id_of,
+    trial_id_of,
 )
 
 
@@ -29,20 +30,22 @@ from search.storage import (
 def test_public_names_are_exported_and_importable():
     for name in storage_pkg.__all__:
         assert getattr(storage_pkg, name) is not None, name
-    # what other modules and benchmarks import today
-    from search.storage import (  # noqa: F401
-        _RECONNECTING,
-        DEFAULT_URL,
-        _reconnecting_class,
-        heartbeat_settings,
-        mask_password,
-        resolve_url,
-        set_user_attrs,
-        storage_errors,
-    )
-
-    assert _reconnecting_class() is ReconnectingRDBStorage
     assert ReconnectingRDBStorage.__module__ == "search.storage._rdb"
+    # Only public names are lazy: nothing here exists for the benchmarks alone.
+    assert all(not name.startswith("_") for name in storage_pkg._LAZY)
+
+
+def test_the_cache_refuses_a_backend_without_the_fleet_contract(tmp_path):
+    from search.storage import FleetBackend
+
+    plain = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'c.db'}")
+    with pytest.raises(TypeError, match="FleetBackend"):
+        FleetCachedStorage(plain)
+    ours = open_storage(f"sqlite:///{tmp_path / 'c.db'}", heartbeat=False)
+    assert isinstance(ours, FleetBackend) and not isinstance(plain, FleetBackend)
+    FleetCachedStorage(ours)
+    for s in (plain, ours):
+        s.engine.dispose()
 
 
 # --------------------------------------------------------------------------- URLs and the pooler
@@ -82,7 +85,7 @@ def test_sqlite_storage_unpickles_with_wal_and_begin_immediate(tmp_path):
     path = tmp_path / "p.db"
     for cached in (False, True):
         s = pickle.loads(pickle.dumps(open_storage(f"sqlite:///{path}", cache=cached)))
-        rdb = s._backend if cached else s
+        rdb = s.backend if cached else s
         assert type(rdb) is ReconnectingRDBStorage and (type(s) is FleetCachedStorage) == cached
         with rdb.engine.connect() as conn:
             assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
@@ -108,10 +111,10 @@ def test_sqlite_transactions_stay_begin_immediate_after_a_one_statement_write(tm
     trial.report(1.0, 1)
     trial.set_user_attr("host", "a")
     sent: list[str] = []
-    sqlalchemy.event.listen(s._backend.engine, "after_cursor_execute", lambda *a: sent.append(a[2]))
+    sqlalchemy.event.listen(s.backend.engine, "after_cursor_execute", lambda *a: sent.append(a[2]))
     trial.report(0.5, 2)
     assert len(sent) == 1 and sent[0].startswith("INSERT")
-    with s._backend.engine.begin() as conn:
+    with s.backend.engine.begin() as conn:
         assert conn.connection.dbapi_connection.isolation_level is None
         conn.exec_driver_sql("SELECT count(*) FROM studies").scalar()
         other = sqlite3.connect(path, timeout=0)
@@ -121,9 +124,9 @@ def test_sqlite_transactions_stay_begin_immediate_after_a_one_statement_write(tm
         other.close()
     assert "BEGIN IMMEDIATE" in sent
     study.tell(trial, 0.5)
-    fresh = open_storage(f"sqlite:///{path}", heartbeat=False).get_trial(trial._trial_id)
+    fresh = open_storage(f"sqlite:///{path}", heartbeat=False).get_trial(trial_id_of(trial))
     assert fresh.intermediate_values == {1: 1.0, 2: 0.5} and fresh.user_attrs == {"host": "a"}
-    s._backend.engine.dispose()
+    s.backend.engine.dispose()
 
 
 def test_postgresql_storages_pickle(pg_db):
@@ -135,7 +138,7 @@ def test_postgresql_storages_pickle(pg_db):
         assert type(back) is type(s)
         assert len(optuna.load_study(study_name=f"p{cached}", storage=back).trials) == 2
         for x in (s, back):
-            getattr(x, "_backend", x).engine.dispose()
+            getattr(x, "backend", x).engine.dispose()
 
 
 # --------------------------------------------------------------------------- the study lock through pgbouncer
@@ -215,27 +218,7 @@ def test_the_cache_gives_the_same_prune_decisions_as_uncached_storage(backend, m
     assert sum(p for *_, p in expected) >= 3, "the replay should prune something"
     assert got == expected
     for s in (plain, cached):
-        getattr(s, "_backend", s).engine.dispose()
-
-
-def test_our_hyperband_decides_and_brackets_as_optunas(tmp_path):
-    """search.study.HyperbandPruner only remembers each trial's bracket: the same brackets, the same
-    decisions as Optuna's, including when one pruner is handed a second study."""
-    from search.study import HyperbandPruner
-
-    def make(cls):
-        return cls(min_resource=1, max_resource=9, reduction_factor=3)
-
-    ours = make(HyperbandPruner)
-    for name in ("first", "second"):
-        expected = _replay(optuna.storages.InMemoryStorage(), make(optuna.pruners.HyperbandPruner), name, n=40)
-        got = _replay(optuna.storages.InMemoryStorage(), ours, name, n=40)
-        assert sum(p for *_, p in expected) >= 3 and got == expected
-        reference = make(optuna.pruners.HyperbandPruner)
-        reference._try_initialization(None)  # a fixed max_resource: the brackets need no study
-        study = SimpleNamespace(study_name=name)
-        assert [ours._get_bracket_id(study, SimpleNamespace(number=i)) for i in range(200)] == [
-            reference._get_bracket_id(study, SimpleNamespace(number=i)) for i in range(200)]
+        getattr(s, "backend", s).engine.dispose()
 
 
 def test_other_workers_trials_states_reports_and_overwrites_are_exact_and_foreign_overwrites_lag(pg_db):
@@ -253,7 +236,7 @@ def test_other_workers_trials_states_reports_and_overwrites_are_exact_and_foreig
     t.report(1.0, 1)
     t.report(2.0, 2)
     t.suggest_float("y", 0, 1)
-    t.storage.set_trial_system_attr(t._trial_id, "completed_rung_0", 2.0)
+    t.storage.set_trial_system_attr(trial_id_of(t), "completed_rung_0", 2.0)
     got = study.get_trials()[0]
     assert got.intermediate_values == {1: 1.0, 2: 2.0}  # added rows: at once
     assert got.params == {"x": 0.5, "y": t.params["y"]} and got.system_attrs["completed_rung_0"] == 2.0
@@ -262,27 +245,27 @@ def test_other_workers_trials_states_reports_and_overwrites_are_exact_and_foreig
     got = study.get_trials()
     assert [x.state for x in got] == [TrialState.RUNNING, TrialState.WAITING]  # new trials: at once
     assert got[0].user_attrs == {"host": "b"}
-    plain.set_trial_user_attr(t._trial_id, "host", "c")  # plain Optuna updates in place: seen at the full read
+    plain.set_trial_user_attr(trial_id_of(t), "host", "c")  # plain Optuna updates in place: seen at the full read
     assert study.get_trials()[0].user_attrs == {"host": "b"}
-    mine.invalidate(study._study_id)
+    mine.invalidate(study_id_of(study))
     assert study.get_trials()[0].user_attrs == {"host": "c"}
     other.tell(t, 1.0)
     assert study.get_trials()[0].state == TrialState.COMPLETE and study.get_trials()[0].value == 1.0
-    for s in (mine._backend, theirs, plain):
+    for s in (mine.backend, theirs, plain):
         s.engine.dispose()
 
 
 def _news_sizes(storage) -> list[int]:
     """Wrap the backend's narrow read; returns the list its listing sizes are appended to."""
     sizes: list[int] = []
-    real = storage._backend._study_news
+    real = storage.backend.narrow_read
 
     def spy(*args, **kwargs):
         listing, rows = real(*args, **kwargs)
         sizes.append(len(listing))
         return listing, rows
 
-    storage._backend._study_news = spy
+    storage.backend.narrow_read = spy
     return sizes
 
 
@@ -295,7 +278,7 @@ def test_a_read_lists_the_unfinished_and_new_trials_only_in_one_statement(tmp_pa
     sizes, statements = _news_sizes(s), []
     import sqlalchemy
 
-    sqlalchemy.event.listen(s._backend.engine, "after_cursor_execute", lambda *a: statements.append(a[2]))
+    sqlalchemy.event.listen(s.backend.engine, "after_cursor_execute", lambda *a: statements.append(a[2]))
     got = study.get_trials()
     assert len(got) == 43 and [t.state for t in got[-3:]] == [TrialState.RUNNING] * 3
     selects = [x for x in statements if x.startswith("SELECT")]
@@ -304,7 +287,7 @@ def test_a_read_lists_the_unfinished_and_new_trials_only_in_one_statement(tmp_pa
     got = study.get_trials()
     assert got[40].state == TrialState.COMPLETE and got[40].value == 0.5
     assert len(got) == 43 and sizes[-1] == 2  # a finished trial is no longer listed
-    s._backend.engine.dispose()
+    s.backend.engine.dispose()
 
 
 def test_a_trial_this_process_runs_is_read_from_the_cache_and_exact(tmp_path):
@@ -317,38 +300,38 @@ def test_a_trial_this_process_runs_is_read_from_the_cache_and_exact(tmp_path):
     trial = study.ask()
     x = trial.suggest_float("x", 0, 1)
     selects: list[str] = []
-    sqlalchemy.event.listen(s._backend.engine, "after_cursor_execute",
+    sqlalchemy.event.listen(s.backend.engine, "after_cursor_execute",
                             lambda *a: selects.append(a[2]) if a[2].startswith("SELECT") else None)
     for step in range(1, 4):
         trial.report(1.0 / step, step)
-        assert s.get_trial_system_attrs(trial._trial_id) == ({"rung": 1} if step > 1 else {})
-        s.set_trial_system_attr(trial._trial_id, "rung", 1)
+        assert s.get_trial_system_attrs(trial_id_of(trial)) == ({"rung": 1} if step > 1 else {})
+        s.set_trial_system_attr(trial_id_of(trial), "rung", 1)
     trial.set_user_attr("host", "a")
-    got = s.get_trial(trial._trial_id)
+    got = s.get_trial(trial_id_of(trial))
     reads = [q for q in selects if "anon_1" in q or "trial_system_attributes.key" in q]
     assert reads == []  # no study read, no system-attribute query: a pruner's look at it is free
     assert got.params == {"x": x} and got.intermediate_values == {1: 1.0, 2: 0.5, 3: 1.0 / 3}
     assert got.system_attrs == {"rung": 1} and got.user_attrs == {"host": "a"}
-    fresh = open_storage(f"sqlite:///{tmp_path / 'm.db'}", heartbeat=False).get_trial(trial._trial_id)
+    fresh = open_storage(f"sqlite:///{tmp_path / 'm.db'}", heartbeat=False).get_trial(trial_id_of(trial))
     assert (fresh.params, fresh.intermediate_values, fresh.system_attrs, fresh.user_attrs) == (
         got.params, got.intermediate_values, got.system_attrs, got.user_attrs)
     sent: list[str] = []
-    sqlalchemy.event.listen(s._backend.engine, "after_cursor_execute",
+    sqlalchemy.event.listen(s.backend.engine, "after_cursor_execute",
                             lambda *a: sent.append(a[2]) if not a[2].startswith("BEGIN") else None)
     trial.report(0.25, 4)
     assert len(sent) == 1 and sent[0].startswith("INSERT")  # a report is one statement
-    s.set_trial_user_attrs(trial._trial_id, {"gpu": "x", "seed": 1})
+    s.set_trial_user_attrs(trial_id_of(trial), {"gpu": "x", "seed": 1})
     assert len(sent) == 2 and sent[1].startswith("INSERT")  # new attributes of an own trial: one statement
     trial.set_user_attr("host", "b")  # an overwrite: the old row out, a new one in, one transaction
     assert len(sent) > 3 and any(q.startswith("DELETE") for q in sent[2:])
-    assert s.get_trial(trial._trial_id).user_attrs == {"host": "b", "gpu": "x", "seed": 1}
-    s.set_trial_intermediate_value(trial._trial_id, 1, 5.0)  # a step again: Optuna's path overwrites it
-    assert s.get_trial(trial._trial_id).intermediate_values[1] == 5.0
+    assert s.get_trial(trial_id_of(trial)).user_attrs == {"host": "b", "gpu": "x", "seed": 1}
+    s.set_trial_intermediate_value(trial_id_of(trial), 1, 5.0)  # a step again: Optuna's path overwrites it
+    assert s.get_trial(trial_id_of(trial)).intermediate_values[1] == 5.0
     study.tell(trial, 0.1)
-    assert s.get_trial(trial._trial_id).state == TrialState.COMPLETE and study.trials[-1].value == 0.1
+    assert s.get_trial(trial_id_of(trial)).state == TrialState.COMPLETE and study.trials[-1].value == 0.1
     with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
-        s.set_trial_intermediate_value(trial._trial_id, 4, 1.0)
-    s._backend.engine.dispose()
+        s.set_trial_intermediate_value(trial_id_of(trial), 4, 1.0)
+    s.backend.engine.dispose()
 
 
 def test_rows_and_trials_committed_out_of_id_order_are_still_read(pg_db):
@@ -370,12 +353,12 @@ def test_rows_and_trials_committed_out_of_id_order_are_still_read(pg_db):
         got = study.get_trials()
         assert len(got) == 2 and got[0].user_attrs == {"early": 2}
         slow.execute("INSERT INTO trial_user_attributes (trial_user_attribute_id, trial_id, key, value_json) "
-                     "VALUES (%s, %s, 'late', '1')", (row, t._trial_id))
+                     "VALUES (%s, %s, 'late', '1')", (row, trial_id_of(t)))
         slow.execute("INSERT INTO trials (trial_id, number, study_id, state, datetime_start) VALUES "
-                     "(%s, 2, %s, 'RUNNING', now())", (trial, study._study_id))
+                     "(%s, 2, %s, 'RUNNING', now())", (trial, study_id_of(study)))
     got = study.get_trials()
     assert len(got) == 3 and got[0].user_attrs == {"early": 2, "late": 1}
-    for s in (mine._backend, theirs):
+    for s in (mine.backend, theirs):
         s.engine.dispose()
 
 
@@ -386,14 +369,14 @@ def test_study_look_ups_are_cached_and_own_writes_seen_at_once(tmp_path):
     study.set_user_attr("a", 1)
     assert study.user_attrs == {"a": 1}
     calls = []
-    real = s._backend.get_study_user_attrs
-    s._backend.get_study_user_attrs = lambda sid: calls.append(sid) or real(sid)
+    real = s.backend.get_study_user_attrs
+    s.backend.get_study_user_attrs = lambda sid: calls.append(sid) or real(sid)
     for _ in range(3):
-        assert study.user_attrs == {"a": 1} and s.get_study_id_from_name("l") == study._study_id
+        assert study.user_attrs == {"a": 1} and s.get_study_id_from_name("l") == study_id_of(study)
     assert calls == []  # served from the cache
     study.set_user_attr("a", 2)
     assert study.user_attrs == {"a": 2} and len(calls) == 1
-    s._backend.engine.dispose()
+    s.backend.engine.dispose()
 
 
 def test_a_drivers_own_connection_error_counts_as_a_lost_connection():
@@ -408,3 +391,67 @@ def test_a_drivers_own_connection_error_counts_as_a_lost_connection():
     assert is_disconnect(pymysql.err.OperationalError(2003, "Can't connect"))
     assert not is_disconnect(psycopg.errors.UniqueViolation("duplicate key"))
     assert not is_disconnect(ValueError("not a database error"))
+
+
+_MUTATORS = {"append", "add", "clear", "discard", "extend", "insert", "pop", "popitem", "remove", "setdefault",
+             "update"}
+
+
+def _module_state_changes(path) -> list[str]:
+    """Where a module's functions change a module-level name: `global`, item or attribute assignment,
+    or a mutating method call on it; and module-level thread-locals."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    names = {t.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
+             for t in (node.targets if isinstance(node, ast.Assign) else [node.target]) if isinstance(t, ast.Name)}
+    found = [f"{path.name}:{node.lineno} {ast.unparse(node.value)}" for node in tree.body
+             if isinstance(node, ast.Assign) and "local(" in ast.unparse(node.value)]
+    for fn in (n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))):
+        for node in ast.walk(fn):
+            base = None
+            if isinstance(node, ast.Global):
+                found.append(f"{path.name}:{node.lineno} global {', '.join(node.names)}")
+            elif isinstance(node, (ast.Assign, ast.AugAssign)):
+                for t in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                    if isinstance(t, (ast.Subscript, ast.Attribute)) and isinstance(t.value, ast.Name):
+                        base = t.value.id
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in _MUTATORS \
+                    and isinstance(node.func.value, ast.Name):
+                base = node.func.value.id
+            if base in names:
+                found.append(f"{path.name}:{node.lineno} {ast.unparse(node)[:80]}")
+    return found
+
+
+def test_the_storage_package_keeps_no_module_level_mutable_state():
+    """Per storage, not per process: what one storage (or one taking of the lock) keeps is its own, so
+    two storages in one process, a pickled copy, or a forked child never share it."""
+    from pathlib import Path
+
+    folder = Path(storage_pkg.__file__).parent
+    assert [change for path in sorted(folder.glob("*.py")) for change in _module_state_changes(path)] == []
+
+
+def test_optunas_storage_internal_error_is_one_line(pg_db):
+    """Optuna wraps a database error inside its own transactions (its schema check when a storage opens,
+    every commit) in StorageInternalError: a lost connection reads as one, any other names the cause."""
+    import sqlalchemy
+
+    from search.storage import storage_errors
+
+    u = parse_url(pg_db.url)
+    storage = open_storage(pg_db.url, heartbeat=False)
+    with (pytest.raises(StorageError, match=r"refused a storage call: .*no_such_table") as caught,
+          storage_errors(u), storage.session() as session):
+        session.execute(sqlalchemy.text("SELECT * FROM no_such_table"))
+    assert "\n" not in str(caught.value)
+    pg_db.admin(f'ALTER DATABASE "{pg_db.name}" WITH ALLOW_CONNECTIONS false')
+    try:
+        pg_db.admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (pg_db.name,))
+        with (pytest.raises(StorageError, match="cannot reach the database at postgresql://"),
+              storage_errors(u), storage.session() as session):
+            session.execute(sqlalchemy.text("SELECT 1"))
+    finally:
+        pg_db.admin(f'ALTER DATABASE "{pg_db.name}" WITH ALLOW_CONNECTIONS true')
+        storage.engine.dispose()
