@@ -46,6 +46,11 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def is_module(dotted: str) -> bool:
+    base = ROOT.joinpath(*dotted.split("."))
+    return base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()
+
+
 def imports_of(path: Path) -> set[str]:
     """Modules of ours that `path` imports anywhere in it (function-level imports included)."""
     me = module_name(path)
@@ -59,8 +64,10 @@ def imports_of(path: Path) -> set[str]:
             if node.level:
                 up = package.split(".")[: len(package.split(".")) - (node.level - 1)]
                 base = ".".join([*up, base] if base else up)
-            found.add(base)
-            found.update(f"{base}.{a.name}" for a in node.names)  # `from . import decoding` is a module
+            subs = {f"{base}.{a.name}" for a in node.names if is_module(f"{base}.{a.name}")}
+            found.update(subs)  # `from . import decoding` imports that module, not its package's contents
+            if len(subs) < len(node.names):
+                found.add(base)
     return {m for m in found if m.split(".")[0] in PACKAGES}
 
 
@@ -78,4 +85,4 @@ def test_the_import_check_sees_a_mutual_import(tmp_path, monkeypatch):
     (pkg / "a.py").write_text("from . import b\n")
     (pkg / "b.py").write_text("def f():\n    from .a import x\n")
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
-    assert imports_of(pkg / "a.py") == {"search", "search.b"} and "search.a" in imports_of(pkg / "b.py")
+    assert imports_of(pkg / "a.py") == {"search.b"} and "search.a" in imports_of(pkg / "b.py")
