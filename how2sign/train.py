@@ -85,7 +85,7 @@ class TrainResult:
     seconds_train: float = field(default=0.0, kw_only=True)       # optimisation loops
     seconds_validate: float = field(default=0.0, kw_only=True)    # validation loss
     seconds_checkpoint: float = field(default=0.0, kw_only=True)  # checkpoints + metrics.json, as waited for
-    clips: int = field(default=0, kw_only=True)                   # train clips seen, resumed runs' included
+    clips: int = field(default=0, kw_only=True)                   # train clips seen, from the run's start to its last checkpoint
     resumed_from_clips: int | None = field(default=None, kw_only=True)  # ... at the checkpoint resumed from
 
     @property

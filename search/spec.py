@@ -281,22 +281,38 @@ def _pruner_and_sampler(raw: dict, multi_objective: bool, source: str) -> tuple[
     return pruner, sampler
 
 
-def _check_resources(pruner: dict, train: TrainConfig, space: dict[str, Param], source: str) -> None:
-    """The pruner's resources in the unit of the steps, one unit for the whole file (see RESOURCES)."""
+def _check_resources(pruner: dict, train: TrainConfig, source: str) -> None:
+    """The pruner's resources are numbers in the unit of the steps: with report_every set, train clips (a
+    fraction, or fewer clips than one report, is an epoch count). See also check_epoch_resources."""
     where, every = f"{source} [pruner]", train.report_every
+    for key, v in _resources(pruner, where):
+        if every and v != NO_RESOURCE.get(key) and (not isinstance(v, int) or v < every):
+            raise SpecError(f"{where}: {key} = {v} counts epochs, but [train] report_every = {every} makes the "
+                            f"steps train clips: write it in clips (at least {every}, one report)")
+
+
+def _resources(pruner: dict, where: str) -> list[tuple[str, float]]:
+    """(key, value) of the resources the pruner sets, each checked to be a number >= 0 (> 0 but warm-up)."""
+    out = []
     for key in RESOURCES[pruner.get("type", "none")]:
         if key not in pruner or (key == "min_resource" and pruner[key] == "auto" and pruner["type"] == "asha"):
             continue
         v = _take(pruner, key, (int, float), where)
         if v < 0 or (v == 0 and key != "n_warmup_steps"):
             raise SpecError(f"{where}: {key} must be {'>= 0' if key == 'n_warmup_steps' else '> 0'}, got {v}")
-        if v == NO_RESOURCE.get(key):
-            continue
-        if every and (not isinstance(v, int) or v < every):
-            raise SpecError(f"{where}: {key} = {v} counts epochs, but [train] report_every = {every} makes the "
-                            f"steps train clips: write it in clips (at least {every}, one report)")
-        budget = _epoch_budget(train, space)
-        if not every and v > budget:
+        out.append((key, v))
+    return out
+
+
+def check_epoch_resources(spec: StudySpec) -> None:
+    """A study file without report_every whose pruner counts past the epoch budget wrote clips (load_spec: a
+    file's own budget; a stored definition, or a shorter [demo] budget, is not refused for it)."""
+    train, space = spec.base_config(), {p.name: p for p in spec.space}
+    if train.report_every:
+        return
+    where, budget = f"{spec.source} [pruner]", _epoch_budget(train, space)
+    for key, v in _resources(spec.pruner, where):
+        if v > budget:
             raise SpecError(f"{where}: {key} = {v} is more than the {budget}-epoch budget: with [train] "
                             "report_every = 0 the pruner counts epochs (set report_every to count train clips)")
 
@@ -355,7 +371,7 @@ def parse(raw: dict, source: str) -> StudySpec:
     _check_reachable(space, train_table, anchor_params, source)
 
     pruner, sampler = _pruner_and_sampler(raw, len(directions) > 1, source)
-    _check_resources(pruner, base, space, source)
+    _check_resources(pruner, base, source)
     criteria, max_gap = _criteria_and_gap(raw, source)
     demo = _demo(raw, base, source)
     encoder_init = _take(raw, "encoder_init", str, source, default="")
@@ -392,4 +408,6 @@ def load_spec(name: str, cwd: Path | None = None) -> StudySpec:
         raise SpecError(f"{path}: malformed TOML: {exc}") from None
     except UnicodeDecodeError:
         raise SpecError(f"{path}: not a text file") from None
-    return parse(raw, str(path))
+    spec = parse(raw, str(path))
+    check_epoch_resources(spec)
+    return spec

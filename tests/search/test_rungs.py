@@ -40,7 +40,6 @@ def capacity(**train) -> dict:
 @pytest.mark.parametrize("train, pruner, message", [
     ({"report_every": 8000}, {"min_resource": 1}, "min_resource = 1 counts epochs, but [train] report_every = 8000"),
     ({"report_every": 8000}, {"min_resource": 0.25}, "write it in clips (at least 8000, one report)"),
-    ({}, {"min_resource": 8000}, "min_resource = 8000 is more than the 30-epoch budget"),
     ({}, {"min_resource": 0}, "min_resource must be > 0"),
     ({}, {"min_resource": "one"}, "min_resource must be int or float"),
     ({"report_every": 100}, {"type": "hyperband", "min_resource": 100, "max_resource": 30},
@@ -55,6 +54,19 @@ def test_a_study_file_that_mixes_units_is_refused_naming_file_and_key(train, pru
     with pytest.raises(SpecError) as exc:
         parse(raw, "studies/capacity.toml")
     assert message in str(exc.value) and str(exc.value).startswith("studies/capacity.toml [pruner]: ")
+
+
+def test_a_study_file_counting_clips_without_report_every_is_refused_but_a_stored_one_still_loads(tmp_path):
+    path = tmp_path / "clips.toml"
+    path.write_text(tiny_study_toml("clips", epochs=30, pruner='type = "asha"\nmin_resource = 8000'))
+    with pytest.raises(SpecError) as exc:
+        load_spec(str(path))
+    assert str(exc.value) == (f"{path} [pruner]: min_resource = 8000 is more than the 30-epoch budget: with [train] "
+                              "report_every = 0 the pruner counts epochs (set report_every to count train clips)")
+    parse(tomllib.loads(path.read_text()), "study 'clips' in sqlite:///s.db")  # what a worker reads back
+    path.write_text(tiny_study_toml("short", epochs=30, pruner='type = "asha"\nmin_resource = 3',
+                                    extra="[demo.train]\nepochs = 2"))
+    assert load_spec(str(path)).with_demo().base_config().epochs == 2  # a short demo budget is not refused
 
 
 def test_resources_in_the_unit_of_the_steps_are_accepted():
