@@ -18,14 +18,16 @@ from typer.testing import CliRunner
 from how2sign import checkpoint
 from how2sign.batches import TrainData
 from how2sign.run_metrics import RunMetrics
+from how2sign.train import train
 from search.cli import app
 from search.records import CLIPS, TrialRecord
 from search.report import build_model, load_report_data
+from search.space import config_from_trial
 from search.spec import SpecError, find_study_file, load_spec, parse
-from search.study import build_pruner, create_or_load
+from search.study import Opened, build_pruner, create_or_load
 from search.summary import summarize
 from search.tiny_study import TINY_ANCHOR, tiny_study_toml
-from search.worker import WorkerSettings, run_worker
+from search.worker import TrialRunner, WorkerSettings, run_worker
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 
@@ -37,7 +39,7 @@ def capacity(**train) -> dict:
 
 
 # --------------------------------------------------------------------------- the study file's units
-@pytest.mark.parametrize("train, pruner, message", [
+@pytest.mark.parametrize("fixed, pruner, message", [
     ({"report_every": 8000}, {"min_resource": 1}, "min_resource = 1 counts epochs, but [train] report_every = 8000"),
     ({"report_every": 8000}, {"min_resource": 0.25}, "write it in clips (at least 8000, one report)"),
     ({}, {"min_resource": 0}, "min_resource must be > 0"),
@@ -46,8 +48,8 @@ def capacity(**train) -> dict:
      "max_resource = 30 counts epochs"),
     ({"report_every": 100}, {"type": "median", "n_warmup_steps": 5}, "n_warmup_steps = 5 counts epochs"),
 ])
-def test_a_study_file_that_mixes_units_is_refused_naming_file_and_key(train, pruner, message):
-    raw = capacity(**train)
+def test_a_study_file_that_mixes_units_is_refused_naming_file_and_key(fixed, pruner, message):
+    raw = capacity(**fixed)
     raw["pruner"] = {"type": "asha", "reduction_factor": 3, **pruner}
     if raw["pruner"]["type"] != "asha":
         raw["pruner"].pop("reduction_factor")
@@ -70,9 +72,9 @@ def test_a_study_file_counting_clips_without_report_every_is_refused_but_a_store
 
 
 def test_resources_in_the_unit_of_the_steps_are_accepted():
-    for train, pruner in (({"report_every": 8000}, {"min_resource": 8000}), ({}, {"min_resource": 0.25}),
+    for fixed, pruner in (({"report_every": 8000}, {"min_resource": 8000}), ({}, {"min_resource": 0.25}),
                           ({"report_every": 100}, {"type": "median", "n_warmup_steps": 0, "interval_steps": 1})):
-        raw = capacity(**train)
+        raw = capacity(**fixed)
         raw["pruner"] = {"type": "asha", **pruner}
         parse(raw, "studies/capacity.toml")
 
@@ -137,6 +139,41 @@ def test_a_trial_reports_at_clip_counts_and_is_pruned_inside_its_first_epoch(run
     assert RunMetrics.load(tmp_path / "ck" / "rungs" / "trial-00002").report_curve() == \
         [(12, slow.intermediate_values[12])]
     assert TrialRecord.read(good).val_loss == good.intermediate_values[48]  # the epoch's own: the whole split
+
+
+def test_a_retried_trial_resumes_bit_exactly_from_its_dead_attempts_checkpoint_inside_an_epoch(rungs_corpus,
+                                                                                               tmp_path):
+    spec = parse(tomllib.loads(tiny_study_toml("retry", epochs=1, train={"report_every": 12}, anchor=None)),
+                 str(tmp_path / "retry.toml"))
+    data, params = TrainData.load(rungs_corpus), {"dropout": 0.1, "lr": 1e-3}
+    cfg = config_from_trial(optuna.trial.FixedTrial(params), spec)
+    whole = []
+    full = train(cfg, data, tmp_path / "whole", device="cpu", report=lambda s, v, _p: whole.append((s, v)))
+    dead, made = tmp_path / "ck" / "retry" / "trial-00000", []
+
+    def killed(step, _val, _point):  # the dead attempt's worker vanishes after its report at 24 clips
+        made.append(step)
+        if len(made) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, data, dead, device="cpu", report=killed)
+    # The study as the heartbeat callback leaves it: the dead attempt failed, its retry waiting with its attributes.
+    study = optuna.create_study(direction="minimize", pruner=optuna.pruners.NopPruner())
+    dists = {"dropout": FloatDistribution(0.0, 0.5), "lr": FloatDistribution(1e-4, 3e-3, log=True)}
+    attrs = TrialRecord(checkpoint=str(dead), anchor=False).attrs()
+    study.add_trial(create_trial(state=TrialState.FAIL, params=params, distributions=dists, user_attrs=attrs))
+    study.add_trial(create_trial(state=TrialState.WAITING, params=params, distributions=dists, user_attrs=attrs,
+                                 system_attrs={"failed_trial": 0, "retry_history": [0]}))
+    settings = WorkerSettings(study="retry", storage=None, data_root=rungs_corpus, device="cpu",
+                              checkpoint_dir=tmp_path / "ck", artifact_dir=tmp_path / "art")
+    runner = TrialRunner(Opened(study, spec, data.fingerprint, False, False, "sqlite://"), data, settings,
+                         lambda: False, log=lambda _m: None)
+    study.optimize(runner, n_trials=1)
+    retry = study.trials[1]
+    assert retry.state == TrialState.COMPLETE and TrialRecord.read(retry).resumed_from_epoch == 0
+    assert sorted(retry.intermediate_values.items()) == whole[2:]  # from the checkpoint on, bit for bit
+    assert retry.value == full.best_val_loss
 
 
 # --------------------------------------------------------------------------- learning curves and status
