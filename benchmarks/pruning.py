@@ -16,7 +16,10 @@ temp dir and `search.worker.run_worker` on the synthetic corpus (a fixed small t
   2. unpruned: a second study with pruner "none" into which the pruned run's N parameter sets are
                enqueued in the same order, so both runs train exactly the same configurations.
 
-Epochs spent are the trials' recorded `epochs_run`. The script also prints the fraction the pruner
+Epochs spent are the trials' recorded `epochs_run`. With `--report-every N` (or `quarter`: a quarter of the
+train split, the automatic setting's interval on a split of 10k clips or more) both searches report every N
+train clips, the pruned one's resources written in epochs become clips of the train split (as the service
+turns them on How2Sign), so rungs fall inside epochs; the cost is then train clips (each trial's last step). The script also prints the fraction the pruner
 would spend with unlimited trials of stationary quality, computed from Optuna's bracket allocation, to
 show how far a finite search with an improving sampler is from it. Trials run on one torch thread
 (run it under `nice` on a shared machine). Training is deterministic on a CPU for a given config
@@ -27,6 +30,7 @@ unpruned one's.
     python benchmarks/pruning.py [--quick] [--study NAME] [--trials N] [--epochs E] [--patience P]
                                  [--pruner hyperband|asha] [--reduction-factor R] [--min-resource M]
                                  [--sampler tpe|random] [--train-clips C] [--d-models 32,64] [--ffs 64,128]
+                                 [--report-every N|quarter]
 """
 
 from __future__ import annotations
@@ -141,7 +145,20 @@ def shipped_raw(args, name: str, pruned: bool) -> dict:
     elif args.pruner:
         raw["pruner"] = {"type": args.pruner, "min_resource": args.min_resource or 1,
                          "reduction_factor": args.reduction_factor or 3}
+    if args.report_every:
+        in_clips(raw, args.report_every, args.n_train)
     return raw
+
+
+def in_clips(raw: dict, every: int, n_train: int) -> None:
+    """Report every `every` train clips; the pruner's resources written in epochs become clips of the split."""
+    from search.spec import NO_RESOURCE, RESOURCES
+
+    raw["train"]["report_every"] = every
+    p = raw["pruner"]
+    for key in RESOURCES[p.get("type", "none")]:
+        if key in p and p[key] != NO_RESOURCE.get(key):
+            p[key] = max(every, math.ceil(p[key] * n_train))
 
 
 def run_search(study, url: str, root: Path, checkpoints: Path, fingerprint: str,
@@ -173,6 +190,7 @@ def summary(study) -> dict:
     return {
         "trials": trials,
         "epochs": sum(int(t.user_attrs.get("epochs_run") or 0) for t in trials),
+        "clips": sum(max(t.intermediate_values, default=0) for t in trials),  # where the steps are clips
         "states": {s.name: sum(t.state == s for t in trials) for s in TrialState if any(t.state == s for t in trials)},
         "best": min((t.value for t in complete), default=float("nan")),
         "best_trial": min(complete, key=lambda t: t.value).number if complete else None,
@@ -195,6 +213,8 @@ def options(p) -> None:
     p.add_argument("--d-models", help="comma-separated d_model choices replacing the space's (default for "
                                       "--study: the file's; built-in search: 32,64)")
     p.add_argument("--ffs", help="comma-separated dim_feedforward choices replacing the space's")
+    p.add_argument("--report-every", help="report every N train clips (or 'quarter' of the split) in both "
+                                          "searches; the pruned one's epoch resources become clips")
 
 
 def ints(text: str | None) -> list[int] | None:
@@ -221,7 +241,10 @@ def main() -> None:
         root = make_corpus(tmp / "corpus", train=args.train_clips, val=max(20, args.train_clips // 5), seed=0)
         from how2sign.batches import TrainData
 
-        fingerprint = TrainData.load(root).fingerprint  # packs the cache once, as `start` does
+        data = TrainData.load(root)  # packs the cache once, as `start` does
+        fingerprint, args.n_train = data.fingerprint, len(data.train)
+        if args.report_every:
+            args.report_every = -(-args.n_train // 4) if args.report_every == "quarter" else int(args.report_every)
         url = f"sqlite:///{tmp / 'bench.db'}"
         if args.study:
             pruned_src, unpruned_src = shipped_raw(args, "pruned", True), shipped_raw(args, "unpruned", False)
@@ -252,25 +275,33 @@ def report(args, pruned: dict, unpruned: dict, pruned_s: float, unpruned_s: floa
     for a, b in zip(pruned["trials"], unpruned["trials"], strict=True):
         def cell(t):
             v = t.user_attrs.get("val_loss")
-            return f"{t.state.name[:8]:<8} {t.user_attrs.get('epochs_run') or 0:>2}ep {v if v is None else round(v, 4)!s:>7}"
+            done = (f"{max(t.intermediate_values, default=0):>5}cl" if args.report_every else
+                    f"{t.user_attrs.get('epochs_run') or 0:>2}ep")
+            return f"{t.state.name[:8]:<8} {done} {v if v is None else round(v, 4)!s:>7}"
         p = ", ".join(f"{k}={round(v, 5) if isinstance(v, float) else v}" for k, v in a.params.items())
         say(f"{a.number:>5} {cell(a):>22} {cell(b):>22}  {p}")
-    ratio = pruned["epochs"] / max(unpruned["epochs"], 1)
+    unit = "clips" if args.report_every else "epochs"
+    ratio = pruned[unit] / max(unpruned[unit], 1)
     rel = (pruned["best"] - unpruned["best"]) / abs(unpruned["best"])
     say("")
-    say(f"epochs spent: pruned {pruned['epochs']}, unpruned {unpruned['epochs']}; ratio {ratio:.3f}")
+    say(f"{unit} spent: pruned {pruned[unit]}, unpruned {unpruned[unit]}; ratio {ratio:.3f}"
+        + (f" (report_every {args.report_every} of {args.n_train} train clips)" if args.report_every else ""))
     say(f"wall time: pruned {pruned_s:.0f}s, unpruned {unpruned_s:.0f}s (ratio {pruned_s / unpruned_s:.3f}, "
         f"includes each completed trial's evaluation)")
     kind = spec.pruner.get("type", "none")
     if kind in ("hyperband", "asha"):
         p, epochs = spec.pruner, spec.base_config().total_epochs
-        brackets, floor = pruning_floor(kind, p.get("min_resource", 1), p.get("reduction_factor", 3), epochs)
+        if args.report_every:  # in clips: the budget too
+            epochs *= args.n_train
+        # A fraction of an epoch where steps are epochs is the first epoch, as build_pruner has it.
+        low = p.get("min_resource", 1) if args.report_every else math.ceil(p.get("min_resource", 1))
+        brackets, floor = pruning_floor(kind, low, p.get("reduction_factor", 3), epochs)
         say(f"{kind} here has {brackets} bracket(s); with unlimited trials of stationary quality it would spend "
             f"{floor:.3f} of the unpruned epochs (a sampler that improves over time spends more); "
             f"{pruned['states'].get('COMPLETE', 0)} of {args.trials} trials ran to the end here.")
     say(f"best val_loss: pruned {pruned['best']:.4f} (trial {pruned['best_trial']}), unpruned {unpruned['best']:.4f} "
         f"(trial {unpruned['best_trial']}); pruned is {100 * rel:+.2f}% off")
-    verdict("pruned / unpruned epochs spent", ratio, TARGET_EPOCHS, at_least=False)
+    verdict(f"pruned / unpruned {unit} spent", ratio, TARGET_EPOCHS, at_least=False)
     verdict("pruned best val_loss vs unpruned best (relative excess)", max(rel, 0.0), TARGET_BEST, at_least=False)
 
 

@@ -25,6 +25,7 @@ class Batch:
     frames: int             # real (unpadded) frames
     indices: list[int]
     tokens: int = 0         # real target tokens (not PAD in tgt_out), counted on the host
+    rng_state: dict | None = None  # the augmentation stream just after this batch was made (Batcher.batches)
 
     def to(self, device: torch.device) -> Batch:
         # From pinned memory (Batcher(pin=True)) the copies are asynchronous; from pageable memory
@@ -127,13 +128,20 @@ class Batcher:
                 prefetch: bool = False) -> Iterator[Batch]:
         """The plan's batches in order. With prefetch, a helper thread builds the next batch while the
         caller works on this one: the same batches, with the augmentation RNG drawn in the same order
-        (one thread makes them all, in plan order). Close the iterator when leaving it early."""
+        (one thread makes them all, in plan order). Each batch carries the RNG's state just after it was
+        made (a checkpoint after it resumes the stream from there, whatever was built ahead). Close the
+        iterator when leaving it early."""
         if not prefetch:
-            yield from (self.make(idx, rng) for idx in plan)
+            yield from (self._made(idx, rng) for idx in plan)
             return
         with ThreadPoolExecutor(1, thread_name_prefix="h2s-batches") as pool:
-            ahead = pool.submit(self.make, plan[0], rng) if plan else None
+            ahead = pool.submit(self._made, plan[0], rng) if plan else None
             for k in range(len(plan)):
                 current = ahead.result()
-                ahead = pool.submit(self.make, plan[k + 1], rng) if k + 1 < len(plan) else None
+                ahead = pool.submit(self._made, plan[k + 1], rng) if k + 1 < len(plan) else None
                 yield current
+
+    def _made(self, idx: list[int], rng: np.random.Generator | None) -> Batch:
+        batch = self.make(idx, rng)
+        batch.rng_state = rng.bit_generator.state if rng is not None else None
+        return batch

@@ -3,6 +3,11 @@
 A run's checkpoint holds its TrainState, the model, optimizer, scheduler and scaler states, the RNG
 states, the vocabulary and the configs. `run_checkpoint` builds it, `save_run` writes it (usually on
 a BackgroundWriter's thread), `restore_run` loads it back into a run.
+
+A checkpoint written at a report inside an epoch (TrainState.partial: how far the epoch's batch plan got,
+its augmentation stream, its loss sums so far) is format 2, so that code reading only format 1, which
+would restart that epoch from its first batch with the weights of its middle, refuses it. Epoch
+checkpoints stay format 1, and checkpoints written before `report_every` existed load as they are.
 """
 
 from __future__ import annotations
@@ -16,10 +21,12 @@ from pathlib import Path
 import torch
 
 from . import __version__
+from .config import TrainConfig
 from .run_metrics import BestEpoch, RunMetrics, best_epoch_of
 
 FORMAT = "h2s-search checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2       # the newest format this code reads
+EPOCH_FORMAT, INSIDE_EPOCH_FORMAT = 1, 2  # what save() stamps: see the module's docstring
 BEST, LAST = "best_checkpoint.pt", "last_checkpoint.pt"
 
 
@@ -31,7 +38,8 @@ def save(path: Path, state: dict) -> None:
     """Write atomically: a crash mid-write never leaves a truncated checkpoint behind."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "h2s_version": __version__,
+    version = INSIDE_EPOCH_FORMAT if state.get("partial") is not None else EPOCH_FORMAT
+    torch.save({"format": FORMAT, "format_version": version, "h2s_version": __version__,
                 "torch_version": str(torch.__version__), **state}, tmp)
     os.replace(tmp, path)
 
@@ -53,9 +61,12 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict:
 
 def describe(state: dict) -> dict:
     """The human-readable part of a checkpoint (no tensors)."""
-    keys = ("h2s_version", "torch_version", "epoch", "best_epoch", "best_val_loss", "fingerprint",
+    keys = ("h2s_version", "torch_version", "epoch", "best_epoch", "best_val_loss", "clips", "fingerprint",
             "params", "model_config", "train_config", "device")
-    return {k: state.get(k) for k in keys}
+    out = {k: state.get(k) for k in keys}
+    partial = state.get("partial")
+    out["inside_epoch"] = None if partial is None else {"epoch": partial["epoch"], "batches": partial["batches"]}
+    return out
 
 
 @dataclass
@@ -67,13 +78,18 @@ class TrainState:
     best_epoch: int = 0
     bad_epochs: int = 0             # epochs since the last improvement (early-stopping patience)
     history: list[dict] = field(default_factory=list)
+    clips: int = 0                  # train clips seen over the finished epochs
+    reports: list[dict] = field(default_factory=list)  # where steps are clips: every report so far
+    partial: dict | None = None     # a checkpoint inside an epoch: where it stands (how2sign.epoch.Position)
 
-    KEYS = ("epoch", "best_val_loss", "best_epoch", "bad_epochs", "history")
+    KEYS = ("epoch", "best_val_loss", "best_epoch", "bad_epochs", "history")  # in every checkpoint
+    LATER_KEYS = ("clips", "reports", "partial")  # absent from checkpoints written before report_every
 
-    def end_epoch(self, record: dict, min_delta: float) -> bool:
-        """Append the epoch's record; returns whether it improved on the best validation loss."""
+    def end_epoch(self, record: dict, min_delta: float, clips: int = 0) -> bool:
+        """Append the epoch's record (its `clips` train clips seen); returns whether it improved on the best."""
         self.history.append(record)
-        self.epoch = record["epoch"]
+        self.epoch, self.partial = record["epoch"], None
+        self.clips += clips
         improved = record["val_loss"] < self.best_val_loss - min_delta
         if improved:
             self.best_val_loss, self.best_epoch, self.bad_epochs = record["val_loss"], record["epoch"], 0
@@ -87,7 +103,13 @@ class TrainState:
 
     def to_dict(self) -> dict:
         return {"epoch": self.epoch, "best_val_loss": self.best_val_loss, "best_epoch": self.best_epoch,
-                "bad_epochs": self.bad_epochs, "history": [dict(h) for h in self.history]}
+                "bad_epochs": self.bad_epochs, "history": [dict(h) for h in self.history], "clips": self.clips,
+                "reports": [dict(r) for r in self.reports], "partial": self.partial}
+
+    @classmethod
+    def from_checkpoint(cls, ck: dict) -> TrainState:
+        later = {k: ck[k] for k in cls.LATER_KEYS if ck.get(k) is not None}
+        return cls(**{k: ck[k] for k in cls.KEYS}, **later)
 
 
 def run_checkpoint(meta: dict, state: TrainState, vocab: list[str], model, opt, sched, scaler,
@@ -145,7 +167,7 @@ def restore_run(path: Path, *, model, opt, sched, scaler, device: torch.device, 
     ck = load(path, map_location=device)
     if ck.get("fingerprint") != fingerprint:
         raise CheckpointError(f"{path} was trained on different data (fingerprint differs)")
-    if ck["train_config"] != train_config:
+    if not same_config(ck["train_config"], train_config):
         raise CheckpointError(f"{path} was trained with a different TrainConfig")
     model.load_state_dict(ck["model"])
     kinds = [(g.get("fused"), g.get("foreach")) for g in opt.param_groups]
@@ -157,7 +179,13 @@ def restore_run(path: Path, *, model, opt, sched, scaler, device: torch.device, 
     torch.set_rng_state(ck["rng_torch"].cpu())
     if device.type == "cuda" and ck.get("rng_cuda") is not None:
         torch.cuda.set_rng_state(ck["rng_cuda"].cpu(), device)
-    return TrainState(**{k: ck[k] for k in TrainState.KEYS})
+    return TrainState.from_checkpoint(ck)
+
+
+def same_config(saved: dict, current: dict) -> bool:
+    """A checkpoint's TrainConfig is this run's: a field added since it was written (report_every) counts as
+    its default, which is what that run ran with."""
+    return {**TrainConfig().to_dict(), **saved} == current
 
 
 def _keep_optimizer_kind(opt, kinds: list) -> None:

@@ -56,6 +56,9 @@ class TrainConfig(Settings):
     epochs: int = setting(30, AT_LEAST_ONE)
     patience: int = setting(10, AT_LEAST_ONE)
     min_delta: float = setting(0.0, NON_NEGATIVE)
+    # Validation loss to the report hook (the pruner) every report_every train clips; 0: automatic, once per
+    # epoch below 10k train clips and four times per epoch above (how2sign.reporting). It changes no result.
+    report_every: int = setting(0, NON_NEGATIVE)
     grad_clip: float = setting(1.0, NON_NEGATIVE)
     label_smoothing: float = setting(0.0, UNIT)
     # "cosine" anneals lr -> lr_min over the epoch budget; "plateau" is ReduceLROnPlateau (V1-V2).

@@ -18,9 +18,10 @@ class EpochProgress:
         self.epochs = self.p.add_task(label, total=total_epochs, completed=done, info="")
         self.batches = self.p.add_task("batches", total=1, info="")
 
-    def start_epoch(self, epoch: int, n: int) -> None:
+    def start_epoch(self, epoch: int, n: int, done: int = 0) -> None:
+        """An epoch of n batches begins, or resumes with `done` of them done."""
         if self.p:
-            self.p.reset(self.batches, total=n, description=f"epoch {epoch}", info="")
+            self.p.reset(self.batches, total=n, completed=done, description=f"epoch {epoch}", info="")
 
     def advance(self) -> None:
         if self.p:

@@ -9,6 +9,14 @@ has one. Plain Python: the search service's report reads it without importing to
                  "frames_per_second": ...}, ...]}
 
 `seconds` of an epoch is its optimisation loop (validation and checkpoints excluded).
+
+Where a run's steps are train clips (how2sign.reporting), it also lists every report the hook saw, the
+intermediate ones and each epoch's own, under a key the per-epoch readers never look at:
+
+     "reports": [{"step": 8000, "epoch": 1, "clips": 8000, "epoch_end": false, "val_clips": 600,
+                  "val_loss": ...}, ...]
+
+Before the first epoch ends (a checkpoint inside it) best_epoch is 0 and best_val_loss null.
 """
 
 from __future__ import annotations
@@ -60,6 +68,7 @@ class RunMetrics:
     fingerprint: str | None = None  # of the train + val data
     train_config: dict = field(default_factory=dict)
     model_config: dict = field(default_factory=dict)
+    reports: list[dict] = field(default_factory=list)  # where steps are clips: every report, in order
 
     @classmethod
     def load(cls, run_dir: Path) -> RunMetrics:
@@ -67,11 +76,13 @@ class RunMetrics:
         path = Path(run_dir) / METRICS
         try:
             doc = json.loads(path.read_text())
-            return cls(best_epoch=int(doc["best_epoch"]), best_val_loss=float(doc["best_val_loss"]),
+            best = doc["best_val_loss"]
+            return cls(best_epoch=int(doc["best_epoch"]), best_val_loss=math.inf if best is None else float(best),
                        history=[dict(e) for e in doc["epochs"]], params=doc.get("params"),
                        device=doc.get("device"), fingerprint=doc.get("fingerprint"),
                        train_config=dict(doc.get("train_config") or {}),
-                       model_config=dict(doc.get("model_config") or {}))
+                       model_config=dict(doc.get("model_config") or {}),
+                       reports=[dict(r) for r in doc.get("reports") or []])
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise MetricsError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
 
@@ -89,7 +100,11 @@ class RunMetrics:
         """Atomically replace run_dir/metrics.json: a reader never sees half a file."""
         doc = {"params": self.params, "device": self.device, "fingerprint": self.fingerprint,
                "train_config": self.train_config, "model_config": self.model_config,
-               "best_epoch": self.best_epoch, "best_val_loss": self.best_val_loss, "epochs": self.history}
+               "best_epoch": self.best_epoch,
+               "best_val_loss": self.best_val_loss if math.isfinite(self.best_val_loss) else None,
+               "epochs": self.history}
+        if self.reports:
+            doc["reports"] = self.reports
         tmp = Path(run_dir) / f".{METRICS}.{os.getpid()}.tmp"
         tmp.write_text(json.dumps(doc, indent=2))
         os.replace(tmp, Path(run_dir) / METRICS)
@@ -122,3 +137,8 @@ class RunMetrics:
     def val_curve(self) -> list[tuple[int, float]]:
         """(epoch, validation loss) of every epoch whose loss is finite."""
         return [(int(e["epoch"]), float(e["val_loss"])) for e in self.history if math.isfinite(e["val_loss"])]
+
+    def report_curve(self) -> list[tuple[int, float]]:
+        """(step, validation loss) of every report whose loss is finite: where steps are clips, the curve the
+        pruner saw; [] where reports were per epoch (val_curve is that curve)."""
+        return [(int(r["step"]), float(r["val_loss"])) for r in self.reports if math.isfinite(r["val_loss"])]

@@ -1,11 +1,14 @@
 """train(cfg, data, ...) -> TrainResult: the V4 recipe with early stopping and resumable checkpoints.
 
-The search service prunes through the `report(epoch, val_loss)` hook (it may raise to stop the run)
-and stops cleanly through `should_stop()`; nothing here knows about Optuna.
+The search service prunes through the `report(step, val_loss, point)` hook (it may raise to stop the run)
+and stops cleanly through `should_stop()`; nothing here knows about Optuna. Reports come once per epoch,
+or where `report_every` asks (how2sign.reporting) also inside epochs, each with a checkpoint a resumed run
+continues from exactly (how2sign.epoch).
 
-A training step never waits on the device: losses stay on it until one read per epoch, target tokens
-are counted on the host, and on CUDA batches come from pinned memory, built one ahead on a helper
-thread, with the fused AdamW (foreach on the CPU). Checkpoints are written on a background thread.
+A training step never waits on the device: losses stay on it until one read per epoch (and one per report
+inside it), target tokens are counted on the host, and on CUDA batches come from pinned memory, built one
+ahead on a helper thread, with the fused AdamW (foreach on the CPU). Checkpoints are written on a background
+thread.
 """
 
 from __future__ import annotations
@@ -20,24 +23,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import checkpoint
-from .batches import Batch, Batcher, TrainData
+from .batches import Batcher, TrainData
 from .checkpoint import TrainState
 from .config import Phase, TrainConfig
 from .device import adamw_options, amp_dtype, autocast, padding_multiples, resolve_device
 from .encoder_init import apply_encoder_init, encoder_outputs, param_groups
+from .epoch import EpochPass, NonFiniteLoss, Outcome, token_loss, train_step
 from .model import SignTranslator
 from .progress import EpochProgress
+from .reporting import ReportPoint, Schedule, val_subset
 from .run_metrics import RunMetrics
-from .vocab import PAD_ID
 
-__all__ = ["Ending", "NonFiniteLoss", "TrainConfig", "TrainResult", "TrainTimes", "train"]
-
-
-class NonFiniteLoss(RuntimeError):
-    """The training loss became NaN or infinite."""
+__all__ = ["Ending", "NonFiniteLoss", "ReportPoint", "TrainConfig", "TrainResult", "TrainTimes", "token_loss",
+           "train", "train_step"]
 
 
 @dataclass
@@ -46,7 +46,7 @@ class TrainTimes:
     (a pruned run); the rest of train()'s wall time (setup, resume, callbacks) is `other`."""
 
     train: float = 0.0       # optimisation loops, with the one loss read per epoch
-    validate: float = 0.0    # validation loss
+    validate: float = 0.0    # validation loss, at the epochs' ends and at reports inside them
     checkpoint: float = 0.0  # checkpoint snapshots and metrics.json, waiting for the writer thread
 
     @contextlib.contextmanager
@@ -63,7 +63,7 @@ class Ending(enum.Enum):
 
     BUDGET = "epoch budget"           # every epoch of the budget ran
     EARLY_STOP = "early stopping"     # patience ran out
-    INTERRUPTED = "interrupted"       # should_stop() asked; the half epoch was not checkpointed
+    INTERRUPTED = "interrupted"       # should_stop() asked; batches since the last checkpoint were not kept
 
 
 @dataclass
@@ -79,12 +79,14 @@ class TrainResult:
     frames_per_second: float
     device: str
     out_dir: str
-    resumed_from_epoch: int | None
+    resumed_from_epoch: int | None  # finished epochs of the checkpoint it resumed from (0: one inside epoch 1)
     history: list[dict] = field(default_factory=list)
     # Where `seconds` went (keyword-only: stand-ins built by tests and benchmarks may leave them out).
     seconds_train: float = field(default=0.0, kw_only=True)       # optimisation loops
     seconds_validate: float = field(default=0.0, kw_only=True)    # validation loss
     seconds_checkpoint: float = field(default=0.0, kw_only=True)  # checkpoints + metrics.json, as waited for
+    clips: int = field(default=0, kw_only=True)                   # train clips seen, from the run's start to its last checkpoint
+    resumed_from_clips: int | None = field(default=None, kw_only=True)  # ... at the checkpoint resumed from
 
     @property
     def stopped_early(self) -> bool:
@@ -111,12 +113,6 @@ class TrainResult:
         return asdict(self)
 
 
-def token_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
-    # logits (B, L, V), target (B, L) -> mean cross-entropy over real tokens
-    return F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(), ignore_index=PAD_ID,
-                           label_smoothing=smoothing)
-
-
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device | None = None):
     kind = adamw_options(torch.device(device)) if device is not None else {}
     opt = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay, **kind)
@@ -130,11 +126,12 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
 
 @torch.no_grad()
 def evaluate_loss(model: SignTranslator, batcher: Batcher, device: torch.device, dtype=None, *,
-                  prefetch: bool = False) -> float:
-    """Token-level cross-entropy (no smoothing) over a whole split, in eval mode; one device read."""
+                  prefetch: bool = False, indices: np.ndarray | None = None) -> float:
+    """Token-level cross-entropy (no smoothing) over a whole split (or its clips `indices`), in eval mode;
+    one device read."""
     model.eval()
     losses, counts = [], []
-    plan = batcher.plan(np.arange(len(batcher.split)), shuffle=False, rng=None)
+    plan = batcher.plan(np.arange(len(batcher.split)) if indices is None else indices, shuffle=False, rng=None)
     with contextlib.closing(batcher.batches(plan, prefetch=prefetch)) as batches:
         for cpu_batch in batches:
             b = cpu_batch.to(device)
@@ -146,23 +143,6 @@ def evaluate_loss(model: SignTranslator, batcher: Batcher, device: torch.device,
     for loss, n in zip(torch.stack(losses).cpu().tolist() if losses else [], counts, strict=True):
         total += loss * n  # per batch, in order: the same float arithmetic as reading each loss at once
     return total / max(sum(counts), 1)
-
-
-def train_step(model, opt, scaler, b: Batch, cfg: TrainConfig, device, dtype) -> torch.Tensor:
-    """One optimisation step; returns the unsmoothed token loss (a 0-d tensor, not synced)."""
-    with autocast(device, dtype):
-        logits = model(b.src, b.src_pad, b.tgt_in)
-    loss = token_loss(logits, b.tgt_out, cfg.label_smoothing)
-    opt.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    if cfg.grad_clip > 0:
-        scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-    scaler.step(opt)
-    scaler.update()
-    if cfg.label_smoothing > 0:
-        return token_loss(logits.detach(), b.tgt_out)
-    return loss.detach()
 
 
 @dataclass
@@ -183,6 +163,8 @@ class Run:
     meta: dict             # params, device, fingerprint, configs: in every checkpoint and metrics.json
     vocab: list[str]
     prefetch: bool         # build the next batch on a helper thread (see _prefetches)
+    schedule: Schedule     # where the run reports (how2sign.reporting)
+    val_subset: np.ndarray | None  # the val clips of a report inside an epoch; None: the whole split
     frames: int = 0        # real frames trained on by this call, over its finished epochs
     loop_seconds: float = 0.0
 
@@ -206,8 +188,23 @@ class Run:
                     Batcher(data.val, data.vocab, cfg, pad_to=pad_to, pin=pin))
         # A frozen encoder's outputs are computed once and reused: batches then carry them, not keypoints.
         train_batches, val_batches = encoder_outputs(model, cfg, dev, dtype, *batchers)
+        schedule = Schedule.of(cfg.report_every, n_train)
         return cls(cfg, out, dev, dtype, model, opt, sched, scaler, train_batches, val_batches, subset, meta,
-                   data.vocab.to_list(), _prefetches(dev))
+                   data.vocab.to_list(), _prefetches(dev), schedule,
+                   val_subset(schedule, data.train.lengths, data.val.lengths))
+
+    def indices(self, phase: Phase) -> np.ndarray:
+        """The train clips of an epoch in this phase: the whole split, or Plan B's subset."""
+        return np.arange(len(self.train_batches.split)) if phase.full_split else self.subset
+
+    def point(self, epoch: int, clips: int, mark: int | None = None) -> ReportPoint:
+        """A report's point: inside the epoch at `mark` (on the val subset), or the epoch's own (mark None)."""
+        n_val = len(self.val_batches.split)
+        if mark is not None:
+            return ReportPoint(mark, epoch, clips, False, n_val if self.val_subset is None else len(self.val_subset),
+                               True)
+        in_clips = self.schedule.in_clips
+        return ReportPoint(clips if in_clips else epoch, epoch, clips, True, n_val, in_clips)
 
     def resume(self, resume: bool | str | Path) -> TrainState:
         """True: from out/last_checkpoint.pt when it exists; a path: from that file."""
@@ -226,34 +223,8 @@ def _prefetches(dev: torch.device) -> bool:
     return dev.type != "cpu"
 
 
-def train_epoch(run: Run, epoch: int, phase: Phase, should_stop, bar) -> tuple[float, int, float] | None:
-    """One optimisation pass: (train loss, real frames, seconds), or None when should_stop() ends it."""
-    cfg = run.cfg
-    indices = np.arange(len(run.train_batches.split)) if phase.full_split else run.subset
-    rng = np.random.default_rng([cfg.seed, epoch])  # per-epoch stream: resume replays it exactly
-    plan = run.train_batches.plan(indices, shuffle=True, rng=rng)
-    run.model.train()
-    t0 = time.perf_counter()
-    losses, weights, frames = [], [], 0
-    bar.start_epoch(epoch, len(plan))
-    with contextlib.closing(run.train_batches.batches(plan, rng, prefetch=run.prefetch)) as batches:
-        for cpu_batch in batches:
-            if should_stop and should_stop():
-                return None
-            b = cpu_batch.to(run.dev)
-            losses.append(train_step(run.model, run.opt, run.scaler, b, cfg, run.dev, run.dtype))
-            weights.append(cpu_batch.tokens)
-            frames += b.frames
-            bar.advance()
-    # The epoch's one device read.
-    train_loss = float((torch.stack(losses).float().cpu() * torch.tensor(weights)).sum() / sum(weights))
-    if not math.isfinite(train_loss):
-        raise NonFiniteLoss(f"train loss is {train_loss} at epoch {epoch}")
-    return train_loss, frames, time.perf_counter() - t0
-
-
-def validate(run: Run, epoch: int) -> float:
-    val_loss = evaluate_loss(run.model, run.val_batches, run.dev, run.dtype, prefetch=run.prefetch)
+def validate(run: Run, epoch: int, indices: np.ndarray | None = None) -> float:
+    val_loss = evaluate_loss(run.model, run.val_batches, run.dev, run.dtype, prefetch=run.prefetch, indices=indices)
     if not math.isfinite(val_loss):
         raise NonFiniteLoss(f"validation loss is {val_loss} at epoch {epoch}")
     return val_loss
@@ -274,7 +245,7 @@ def save_checkpoints(run: Run, state: TrainState, improved: bool, writer: checkp
     """Snapshot on this thread (CPU copies), write on the writer's."""
     ck = checkpoint.run_checkpoint(run.meta, state, run.vocab, run.model, run.opt, run.sched, run.scaler, run.dev)
     metrics = RunMetrics(**run.meta, best_epoch=state.best_epoch, best_val_loss=state.best_val_loss,
-                         history=[dict(h) for h in state.history])
+                         history=[dict(h) for h in state.history], reports=[dict(r) for r in state.reports])
     writer.submit(checkpoint.save_run, run.out, ck, best=improved, metrics=metrics)
 
 
@@ -282,7 +253,7 @@ def save_checkpoints(run: Run, state: TrainState, improved: bool, writer: checkp
 class Hooks:
     """train()'s callbacks (see train)."""
 
-    report: Callable[[int, float], None] | None = None
+    report: Callable[[int, float, ReportPoint], None] | None = None
     should_stop: Callable[[], bool] | None = None
     on_epoch: Callable[[dict], None] | None = None
 
@@ -291,20 +262,23 @@ class Hooks:
 
 
 def train(cfg: TrainConfig, data: TrainData, out_dir: Path, *, device: str = "auto", amp: str = "auto",
-          resume: bool | Path = False, report: Callable[[int, float], None] | None = None,
+          resume: bool | Path = False, report: Callable[[int, float, ReportPoint], None] | None = None,
           should_stop: Callable[[], bool] | None = None, on_epoch: Callable[[dict], None] | None = None,
           progress: bool = False, times: TrainTimes | None = None) -> TrainResult:
     """Train until the epoch budget, early stopping, or `should_stop()`.
 
-    resume: True resumes from out_dir/last_checkpoint.pt when it exists; a path resumes from that file.
-    report(epoch, val_loss) runs once the epoch's checkpoints are handed to the writer thread; train()
-    waits for that write before it returns or lets an exception (report's included) through.
+    resume: True resumes from out_dir/last_checkpoint.pt when it exists; a path resumes from that file,
+    which may be a checkpoint inside an epoch.
+    report(step, val_loss, point) runs at every report (how2sign.reporting: step is the epoch, or train clips
+    seen; point says where), once its checkpoint is handed to the writer thread; train() waits for that
+    write before it returns or lets an exception (report's included) through.
     times: filled in as the run goes (see TrainTimes).
     """
     t_start, times = time.perf_counter(), (times if times is not None else TrainTimes())
     run = Run.build(cfg, data, Path(out_dir), device, amp)
     state = run.resume(resume)
-    resumed_from = state.epoch or None  # a checkpoint holds at least one finished epoch
+    resumed = state.epoch > 0 or state.partial is not None  # a checkpoint ends an epoch or sits inside one
+    resumed_from = (state.epoch, state.clips + (state.partial or {}).get("clips", 0)) if resumed else None
     writer, bar = checkpoint.BackgroundWriter(), EpochProgress(progress, cfg.total_epochs, state.epoch)
     try:
         ending = _epochs(run, state, writer, bar, times, Hooks(report, should_stop, on_epoch))
@@ -321,34 +295,72 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: Path, *, device: str = "au
 
 def _epochs(run: Run, state: TrainState, writer: checkpoint.BackgroundWriter, bar: EpochProgress,
             times: TrainTimes, hooks: Hooks) -> Ending:
-    """The epoch loop, from the epoch after the restored state's; returns how it ended."""
+    """The epoch loop, from where the restored state stands; returns how it ended."""
     cfg = run.cfg
-    for epoch in range(state.epoch + 1, cfg.total_epochs + 1):
+    for epoch in range(state.partial["epoch"] if state.partial else state.epoch + 1, cfg.total_epochs + 1):
         phase = cfg.phase(epoch)
         if phase.reset_patience:
-            state.bad_epochs = 0
+            state.bad_epochs = 0  # at the epoch's start, so again when resuming inside it: the same 0
+        if hooks.stop():
+            return Ending.INTERRUPTED
         with times.clock("train"):
-            loop = None if hooks.stop() else train_epoch(run, epoch, phase, hooks.should_stop, bar)
+            ep = EpochPass(run, epoch, run.indices(phase), run.schedule, state.clips, state.partial)
+        bar.start_epoch(epoch, len(ep.plan), ep.k)
+        loop = _pass(run, state, ep, writer, bar, times, hooks)
         if loop is None:
-            return Ending.INTERRUPTED  # a half epoch is not checkpointed: resume restarts it from the last one
+            return Ending.INTERRUPTED  # resume goes on from the last checkpoint, at an epoch's end or inside one
         with times.clock("validate"):
             val_loss = validate(run, epoch)
         record = end_epoch(run, epoch, loop, val_loss)
-        improved = state.end_epoch(record, cfg.min_delta)
+        improved = state.end_epoch(record, cfg.min_delta, ep.clips)
+        point = run.point(epoch, state.clips)
+        if point.in_clips:
+            state.reports.append(point.record(val_loss))
         with times.clock("checkpoint"):
             save_checkpoints(run, state, improved, writer)
         bar.end_epoch(f"train {record['train_loss']:.3f}  val {record['val_loss']:.3f}  best {state.best_val_loss:.3f}")
         if hooks.on_epoch:
             hooks.on_epoch(record)
         if hooks.report:
-            hooks.report(epoch, record["val_loss"])
+            hooks.report(point.step, val_loss, point)
         if state.bad_epochs >= cfg.patience and phase.may_stop_early:
             return Ending.EARLY_STOP
     return Ending.BUDGET
 
 
+def _pass(run: Run, state: TrainState, ep: EpochPass, writer: checkpoint.BackgroundWriter, bar: EpochProgress,
+          times: TrainTimes, hooks: Hooks) -> tuple[float, int, float] | None:
+    """Train the epoch, reporting at every mark inside it: (train loss, real frames, seconds), None when stopped."""
+    try:
+        while True:
+            with times.clock("train"):
+                outcome = ep.train(hooks.should_stop, bar)
+                if outcome is Outcome.END:
+                    return ep.result()
+            if outcome is Outcome.STOPPED:
+                return None
+            _report_inside(run, state, ep, writer, times, hooks)
+    finally:
+        ep.close()
+
+
+def _report_inside(run: Run, state: TrainState, ep: EpochPass, writer: checkpoint.BackgroundWriter,
+                   times: TrainTimes, hooks: Hooks) -> None:
+    """A report at a mark inside the epoch: validate (on the val subset), checkpoint where the epoch stands,
+    then call the hook."""
+    with times.clock("validate"):
+        val_loss = validate(run, ep.epoch, run.val_subset)
+    point = run.point(ep.epoch, ep.seen, ep.mark)
+    state.reports.append(point.record(val_loss))
+    with times.clock("checkpoint"):
+        state.partial = ep.position()
+        save_checkpoints(run, state, False, writer)
+    if hooks.report:
+        hooks.report(point.step, val_loss, point)
+
+
 def _result(run: Run, state: TrainState, times: TrainTimes, seconds: float, ending: Ending,
-            resumed_from: int | None) -> TrainResult:
+            resumed_from: tuple[int, int] | None) -> TrainResult:
     best = state.best
     return TrainResult(
         best_val_loss=state.best_val_loss, best_epoch=state.best_epoch,
@@ -356,5 +368,7 @@ def _result(run: Run, state: TrainState, times: TrainTimes, seconds: float, endi
         epochs_run=state.epoch, params=run.meta["params"], ending=ending, seconds=seconds,
         seconds_train=times.train, seconds_validate=times.validate, seconds_checkpoint=times.checkpoint,
         frames_per_second=run.frames / max(run.loop_seconds, 1e-9), device=str(run.dev), out_dir=str(run.out),
-        resumed_from_epoch=resumed_from, history=state.history,
+        resumed_from_epoch=resumed_from[0] if resumed_from else None, history=state.history,
+        clips=state.clips + (state.partial or {}).get("clips", 0),
+        resumed_from_clips=resumed_from[1] if resumed_from else None,
     )

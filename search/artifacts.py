@@ -17,10 +17,11 @@ import csv
 import os
 from pathlib import Path
 
+from how2sign.reporting import AUTO_MIN_CLIPS
 from how2sign.run_metrics import METRICS, RunMetrics
 
 from .diagnosis import Diagnosis, diagnose
-from .records import TrialRecord
+from .records import CLIPS, TrialRecord
 from .translations import write_test_translations
 
 __all__ = ["ARTIFACTS_ENV", "LEARNING_CURVE", "METRICS", "TRANSLATIONS", "anchor_note", "artifact_root",
@@ -109,6 +110,7 @@ def study_note(spec) -> str:
             f"{params}. It was enqueued once, when this study was created (usually trial 0), and every other "
             "trial is measured against it. Its own note says so too; sort or filter the trial table by the "
             "`anchor` user attribute to find it.", ""]
+    lines += [_steps_note(spec), ""]
     lines += [
         "**Per trial.** Finished trials carry `learning_curve.png`, `translations.csv` (reference against "
         "hypothesis on validation clips) and `metrics.json` as artifacts, and a diagnosis read from their "
@@ -116,6 +118,17 @@ def study_note(spec) -> str:
         "BLEU and chrF are on sacrebleu's 0-100 scale (the notes' BLEU 0.008 is 0.8 here). "
         "`h2s-search report` writes all of this into one HTML page."]
     return "\n".join(lines)
+
+
+def _steps_note(spec) -> str:
+    """What the intermediate values' steps count (optuna-dashboard's plot calls them "Step")."""
+    every = spec.base_config().report_every
+    unit = (f"the number of train clips seen (`report_every` = {every})" if every else
+            f"the epoch, or, on a train split of {AUTO_MIN_CLIPS:,} clips or more, the number of train clips seen "
+            f"(four reports per epoch; such trials have `step_unit` = `{CLIPS}`)")
+    return (f"**Intermediate values.** Their step (the dashboard's \"Step\") is {unit}. A report inside an epoch "
+            "may validate on a fixed subset of the val split; each epoch's own report, early stopping and the "
+            "trial's `val_loss` use all of it.")
 
 
 def write_study_note(study, spec) -> None:

@@ -81,8 +81,10 @@ class _TrialProgress:
         st = s["states"]
         done = sum(st.get(k, 0) for k in ("COMPLETE", "PRUNED", "FAIL"))
         best = s["best"][0]["val_loss"] if s["best"] else None
-        # Epochs inside the running trials: each worker records epochs_run after every epoch.
-        epochs = ", ".join(f"trial {r['number']} in epoch {(r['epochs_run'] or 0) + 1}" for r in s.get("running", []))
+        # Where the running trials are: the epoch they are in, or the train clips seen where steps count them.
+        epochs = ", ".join(f"trial {r['number']} " + (f"at {r['clips_seen']:,} clips" if r.get("clips_seen") else
+                                                      f"in epoch {(r['epochs_run'] or 0) + 1}")
+                           for r in s.get("running", []))
         info = f"{st.get('RUNNING', 0)} running{f' ({epochs})' if epochs else ''}, {st.get('PRUNED', 0)} pruned" + (
             f", best val_loss {best:.4f}" if best is not None else "")
         self.p.update(self.task, total=s["budget"], completed=done, info=info)

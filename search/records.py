@@ -31,6 +31,8 @@ class _Unset:
 
 UNSET: Any = _Unset()
 
+CLIPS = "clips"  # TrialRecord.step_unit of a trial whose steps count train clips (how2sign.reporting)
+
 # Field name -> stored user-attribute name, where the two differ.
 STORED_AS = {"n_params": "params"}
 STUDY_STORED_AS = {"budget": "n_trials"}
@@ -59,6 +61,7 @@ class TrialRecord:
     # progress
     epochs_run: int | None = UNSET
     best_epoch: int | None = UNSET
+    step_unit: str | None = UNSET  # "clips" where the intermediate values' steps are train clips seen; else epochs
     # losses (at the best epoch)
     train_loss: float | None = UNSET
     val_loss: float | None = UNSET

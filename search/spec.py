@@ -20,10 +20,15 @@ from .arms import ARM_NAMES, ENCODER_PARAM
 from .errors import UserError
 from .paths import check_name
 
-PRUNERS = {"hyperband": ("min_resource", "reduction_factor", "bootstrap_count"),
+PRUNERS = {"hyperband": ("min_resource", "max_resource", "reduction_factor", "bootstrap_count"),
            "asha": ("min_resource", "reduction_factor", "min_early_stopping_rate", "bootstrap_count"),
            "median": ("n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials"),
            "none": ()}
+# The pruner keys that count steps: epochs where [train] report_every is 0 (a fraction allowed; where the steps
+# are clips, search.study.build_pruner turns them into clips of the study's train split), else train clips.
+RESOURCES = {"hyperband": ("min_resource", "max_resource"), "asha": ("min_resource",),
+             "median": ("n_warmup_steps", "interval_steps"), "none": ()}
+NO_RESOURCE = {"n_warmup_steps": 0, "interval_steps": 1}  # values that mean the same in either unit
 SAMPLERS = {"tpe": ("n_startup_trials", "n_ei_candidates", "multivariate", "constant_liar", "group"),
             "random": (), "gp": ("n_startup_trials", "deterministic_objective")}
 METRICS = ("val_loss", "params", "bleu", "chrf", "gap")
@@ -122,12 +127,19 @@ def _no_unknown(table: dict, allowed, where: str) -> None:
         raise SpecError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
 
 
+# TrainConfig fields that say how a study measures, not what it searches: one value for every trial.
+NOT_SEARCHED = {"report_every": "report_every is how the study measures its trials, the same for all of them (their "
+                                "steps must be comparable): set it in [train], not in [space]"}
+
+
 def _param(name: str, t: dict, types_: dict, where: str) -> Param:
     w = f"{where} [space.{name}]"
     if name == ENCODER_PARAM:
         return _encoder_param(t, w)
     if name not in types_:
         raise SpecError(f"{where}: [space] key {name!r} is not a TrainConfig field")
+    if name in NOT_SEARCHED:
+        raise SpecError(f"{w}: {NOT_SEARCHED[name]}")
     if not isinstance(t, dict):
         raise SpecError(f"{w}: must be a table like {{type = \"int\", low = 1, high = 4}}")
     kind = _take(t, "type", str, w, required=True)
@@ -277,6 +289,49 @@ def _pruner_and_sampler(raw: dict, multi_objective: bool, source: str) -> tuple[
     return pruner, sampler
 
 
+def _check_resources(pruner: dict, train: TrainConfig, source: str) -> None:
+    """The pruner's resources are numbers in the unit of the steps: with report_every set, train clips (a
+    fraction, or fewer clips than one report, is an epoch count). See also check_epoch_resources."""
+    where, every = f"{source} [pruner]", train.report_every
+    for key, v in _resources(pruner, where):
+        if every and v != NO_RESOURCE.get(key) and (not isinstance(v, int) or v < every):
+            raise SpecError(f"{where}: {key} = {v} counts epochs, but [train] report_every = {every} makes the "
+                            f"steps train clips: write it in clips (at least {every}, one report)")
+
+
+def _resources(pruner: dict, where: str) -> list[tuple[str, float]]:
+    """(key, value) of the resources the pruner sets, each checked to be a number >= 0 (> 0 but warm-up)."""
+    out = []
+    for key in RESOURCES[pruner.get("type", "none")]:
+        if key not in pruner or (key == "min_resource" and pruner[key] == "auto" and pruner["type"] == "asha"):
+            continue
+        v = _take(pruner, key, (int, float), where)
+        if v < 0 or (v == 0 and key != "n_warmup_steps"):
+            raise SpecError(f"{where}: {key} must be {'>= 0' if key == 'n_warmup_steps' else '> 0'}, got {v}")
+        out.append((key, v))
+    return out
+
+
+def check_epoch_resources(spec: StudySpec) -> None:
+    """A study file without report_every whose pruner counts past the epoch budget wrote clips (load_spec: a
+    file's own budget; a stored definition, or a shorter [demo] budget, is not refused for it)."""
+    train, space = spec.base_config(), {p.name: p for p in spec.space}
+    if train.report_every:
+        return
+    where, budget = f"{spec.source} [pruner]", _epoch_budget(train, space)
+    for key, v in _resources(spec.pruner, where):
+        if v > budget:
+            raise SpecError(f"{where}: {key} = {v} is more than the {budget}-epoch budget: with [train] "
+                            "report_every = 0 the pruner counts epochs (set report_every to count train clips)")
+
+
+def _epoch_budget(train: TrainConfig, space: dict[str, Param]) -> int:
+    """The most epochs a trial may run: epochs, plus the most fine-tuning epochs where Plan B may be on."""
+    if "finetune_epochs" in space:
+        return train.epochs + int(max(space["finetune_epochs"].values()))
+    return train.total_epochs
+
+
 def _criteria_and_gap(raw: dict, source: str) -> tuple[Criteria, float | None]:
     crit = _take(raw, "criteria", dict, source, default={})
     _no_unknown(crit, Criteria.names(), f"{source} [criteria]")
@@ -337,6 +392,7 @@ def parse(raw: dict, source: str) -> StudySpec:
     _check_reachable(space, train_table, anchor_params, source)
 
     pruner, sampler = _pruner_and_sampler(raw, len(directions) > 1, source)
+    _check_resources(pruner, base, source)
     criteria, max_gap = _criteria_and_gap(raw, source)
     demo = _demo(raw, base, source)
     encoder_init = _take(raw, "encoder_init", str, source, default="")
@@ -374,4 +430,6 @@ def load_spec(name: str, cwd: Path | None = None) -> StudySpec:
         raise SpecError(f"{path}: malformed TOML: {exc}") from None
     except UnicodeDecodeError:
         raise SpecError(f"{path}: not a text file") from None
-    return parse(raw, str(path))
+    spec = parse(raw, str(path))
+    check_epoch_resources(spec)
+    return spec

@@ -7,6 +7,7 @@ rebuild everything from those attributes, never from a local file.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -14,11 +15,12 @@ import optuna
 from optuna.trial import TrialState
 
 from how2sign import __version__
+from how2sign.reporting import Schedule, steps_in_clips
 
 from .errors import UserError
 from .paths import check_name
 from .records import STUDY_STORED_AS, UNSET, StudyRecord, TrialRecord
-from .spec import StudySpec, load_spec, parse
+from .spec import NO_RESOURCE, RESOURCES, StudySpec, load_spec, parse
 from .storage import (
     RETRY_HISTORY,
     HyperbandPruner,
@@ -63,18 +65,63 @@ def build_sampler(spec: StudySpec, worker_index: int = 0):
     return optuna.samplers.TPESampler(seed=seed, **s)
 
 
-def build_pruner(spec: StudySpec):
+def build_pruner(spec: StudySpec, train_clips: int | None = None):
+    """The study's pruner, its resources in the unit of the trials' steps (how2sign.reporting).
+
+    train_clips: the study's train split size (the fingerprint fixes it for every worker). Where the steps are
+    clips, resources written in epochs (report_every 0) count train_clips clips each; with report_every set
+    they are clips already. Without it (no data at hand: read-only commands, which never prune) steps are
+    taken as epochs unless report_every is set. A worker builds it again with its data (run_worker).
+    """
     p = dict(spec.pruner)
     kind = p.pop("type", "none")
-    epochs = spec.base_config().total_epochs
+    base = spec.base_config()
+    unit = ResourceUnit(base.report_every, train_clips)
+    for key in RESOURCES.get(kind, ()):
+        if key in p and p[key] != "auto" and p[key] != NO_RESOURCE.get(key):  # 0 / 1: the same in either unit
+            p[key] = unit.steps(p[key])
     if kind == "hyperband":
-        # max_resource='auto' prunes nothing until a trial finishes; the epoch budget is known.
-        return HyperbandPruner(max_resource=epochs, **p)
+        # max_resource='auto' prunes nothing until a trial finishes; the budget is known. The first rung is
+        # by default the first report.
+        p.setdefault("max_resource", unit.budget(base.total_epochs))
+        p.setdefault("min_resource", unit.first_report())
+        return HyperbandPruner(**p)
     if kind == "asha":
         return optuna.pruners.SuccessiveHalvingPruner(**p)
     if kind == "median":
         return optuna.pruners.MedianPruner(**p)
     return optuna.pruners.NopPruner()
+
+
+@dataclass(frozen=True)
+class ResourceUnit:
+    """Pruner resources as steps: epochs (rounded up to whole ones), or train clips."""
+
+    report_every: int
+    train_clips: int | None
+
+    @property
+    def clips(self) -> bool:
+        return self.report_every > 0 or (self.train_clips is not None
+                                         and steps_in_clips(self.report_every, self.train_clips))
+
+    def steps(self, value: float) -> int:
+        if not self.clips:
+            return math.ceil(value)  # a fraction of an epoch: steps are epochs, so its first report
+        if self.report_every:
+            return int(value)  # written in clips (search.spec checks it)
+        return math.ceil(value * self.train_clips)
+
+    def budget(self, epochs: int) -> int | str:
+        """The whole epoch budget in steps ('auto' where it needs the train split and that is unknown)."""
+        if self.clips and self.train_clips is None:
+            return "auto"
+        return epochs * self.train_clips if self.clips else epochs
+
+    def first_report(self) -> int:
+        if not self.clips:
+            return 1
+        return self.report_every or Schedule.of(0, self.train_clips).mark(1)
 
 
 def _study_id(storage, name: str) -> int | None:

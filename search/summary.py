@@ -7,7 +7,7 @@ import datetime as dt
 import optuna
 from optuna.trial import TrialState
 
-from .records import StudyRecord, TrialRecord
+from .records import CLIPS, StudyRecord, TrialRecord
 from .study import anchor_trials, budget_used
 
 # A trial's record fields shown in status, best and start (as the keys of a row, n_params included).
@@ -25,9 +25,17 @@ def trial_row(t) -> dict:
 
 
 def epochs_done(t) -> int | None:
-    """Epochs a trial has finished: its record once it ends, its reported intermediate values while it runs."""
-    known = [n for n in (TrialRecord.read(t).epochs_run, max(t.intermediate_values, default=None)) if n is not None]
+    """Epochs a trial has finished: its record once it ends, its reported intermediate values while it runs
+    (where their steps are epochs; see clips_seen)."""
+    r = TrialRecord.read(t)
+    steps = None if r.step_unit == CLIPS else max(t.intermediate_values, default=None)
+    known = [n for n in (r.epochs_run, steps) if n is not None]
     return max(known, default=None)
+
+
+def clips_seen(t) -> int | None:
+    """Train clips a trial had seen at its last report, where its steps count them; else None."""
+    return max(t.intermediate_values, default=None) if TrialRecord.read(t).step_unit == CLIPS else None
 
 
 def best_trials(study: optuna.Study) -> list:
@@ -52,7 +60,7 @@ def summarize(study: optuna.Study) -> dict:
             start = t.datetime_start.replace(tzinfo=None) if t.datetime_start else None
             r = TrialRecord.read(t)
             running.append({"number": t.number, "host": r.host, "slurm_job_id": r.slurm_job_id, "device": r.device,
-                            "epochs_run": epochs_done(t), "anchor": bool(r.anchor),
+                            "epochs_run": epochs_done(t), "clips_seen": clips_seen(t), "anchor": bool(r.anchor),
                             "running_seconds": (now - start).total_seconds() if start else None})
     return {
         "study": study.study_name,

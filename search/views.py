@@ -27,7 +27,7 @@ def status_view(s: dict):
             secs = r["running_seconds"]
             job = (str(r.get("slurm_job_id") or "-"),) if slurm else ()
             run.add_row(f"{r['number']}{' (anchor)' if r['anchor'] else ''}", str(r["host"] or "-"), *job,
-                        str(r["device"] or "-"), str(r["epochs_run"] or 0), "-" if secs is None else f"{secs:.0f}s")
+                        str(r["device"] or "-"), _progress(r), "-" if secs is None else f"{secs:.0f}s")
         parts.append(run)
     lines = comparison_lines(s)[1:]
     parts.extend(lines or ["no completed trial yet"])
@@ -37,6 +37,11 @@ def status_view(s: dict):
     if "confirmation" in s:  # `confirm` has created <study>.confirm
         parts.append(s["confirmation"]["line"])
     return Group(*parts)
+
+
+def _progress(r: dict) -> str:
+    """A running trial's finished epochs, or the train clips it has seen where its steps count them."""
+    return f"{r['clips_seen']:,} clips" if r.get("clips_seen") else str(r["epochs_run"] or 0)
 
 
 def serve_dashboard(storage: str | None, host: str, port: int, artifacts: Path | None, say=print) -> None:

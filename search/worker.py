@@ -28,6 +28,7 @@ from how2sign.config import TrainConfig
 from how2sign.device import describe, free_memory, resolve_device
 from how2sign.evaluate import evaluate_checkpoint
 from how2sign.jobs import choose_data
+from how2sign.reporting import ReportPoint
 from how2sign.run_metrics import RunMetrics
 from how2sign.train import NonFiniteLoss, TrainResult, TrainTimes, train
 
@@ -35,11 +36,11 @@ from .artifacts import note_anchor, open_store, record_trial
 from .confirm import test_split
 from .paths import UnsafePath, inside
 from .pretrained import check_study_encoder
-from .records import UNSET, TrialRecord
+from .records import CLIPS, UNSET, TrialRecord
 from .slurm_job import slurm_job_id
 from .space import config_from_trial
 from .storage import BudgetSpent, finished_elsewhere, heartbeat_settings, study_id_of, study_storage
-from .study import BudgetGate, FingerprintMismatch, Opened, load_stored
+from .study import BudgetGate, FingerprintMismatch, Opened, build_pruner, load_stored
 
 CHECKPOINT_ENV = "H2S_CHECKPOINTS"
 
@@ -273,22 +274,30 @@ class TrialRunner:
             self.fail(run, f"interrupted by {by}", result)
         return result
 
-    def _reporter(self, run: TrialRun) -> Callable[[int, float], None]:
-        """train()'s per-epoch hook: one storage write per epoch (the intermediate value).
+    def _reporter(self, run: TrialRun) -> Callable[..., None]:
+        """train()'s report hook: one storage write per report (the intermediate value).
 
-        The anchor is never pruned: it is the reference every other trial is read against, so it runs to
-        its own early stop like the hand-run V4 did (its curve still feeds the pruner's rungs).
+        The step is the epoch, or train clips seen (how2sign.reporting); a trial whose steps are clips says so
+        once, in `step_unit`, for the report and the dashboard. Stand-ins that report per epoch may leave
+        `point` out. The anchor is never pruned: it is the reference every other trial is read against, so
+        it runs to its own early stop like the hand-run V4 did (its curve still feeds the pruner's rungs).
         """
         trial, multi = run.trial, self.spec.multi_objective
         anchor = TrialRecord.read(trial).anchor is True
+        said = []
 
-        def report(epoch: int, val_loss: float) -> None:
+        def report(step: int, val_loss: float, point: ReportPoint | None = None) -> None:
+            point = point or ReportPoint(step, step, 0, True, 0, False)
+            if point.in_clips and not said:
+                TrialRecord(step_unit=CLIPS).write(trial)
+                said.append(True)
             if multi:  # Optuna cannot prune multi-objective studies: epochs_run is their progress
-                TrialRecord(epochs_run=epoch).write(trial)
+                if point.epoch_end:
+                    TrialRecord(epochs_run=point.epoch).write(trial)
                 return
-            trial.report(val_loss, epoch)
+            trial.report(val_loss, step)
             if not anchor and trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {epoch} (val_loss {val_loss:.4f})")
+                raise optuna.TrialPruned(f"pruned at {point.describe()} (val_loss {val_loss:.4f})")
 
         return report
 
@@ -393,6 +402,7 @@ def run_worker(settings: WorkerSettings, log=None, *, joined: Callable[[int], No
     if joined is not None:
         joined(opened.worker_index)
     data = _worker_data(settings, opened, log)
+    opened.study.pruner = build_pruner(opened.spec, len(data.train))  # its resources in the steps' unit
     stop = StopFlag()
     stop.install()
     try:

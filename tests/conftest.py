@@ -40,6 +40,16 @@ def corpus(corpus_master, tmp_path) -> Path:
     return dst
 
 
+@pytest.fixture(scope="session")
+def rungs_corpus(tmp_path_factory) -> Path:
+    """48 train clips (no defects: six full batches of 8 whatever the shuffle) and 80 val clips, more than an
+    intermediate report validates on at report_every = 12 (how2sign.reporting.MIN_VAL_CLIPS). Packed once and
+    shared: read it, never change it."""
+    root = tmp_path_factory.mktemp("rungs") / "h2s"
+    write_corpus(root, train=48, val=80, test=2, seed=0, defects=False)
+    return root
+
+
 @pytest.fixture
 def tiny_cfg() -> TrainConfig:
     return TrainConfig(**TINY)

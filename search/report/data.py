@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from how2sign.run_metrics import RunMetrics
 
-from ..records import StudyRecord, TrialRecord
+from ..records import CLIPS, StudyRecord, TrialRecord
 from ..summary import comparison_lines, summarize
 
 __all__ = ["FIELD", "MIN_TRIALS_FOR_IMPORTANCE", "NOTES_LABEL", "NOTES_ROWS", "TIME_SPLIT", "Dimension", "NotesRow",
@@ -66,10 +66,13 @@ NOTES_ROWS = (
 NOTES_LABEL = "from the notes, not from this study"
 
 
-def read_val_curve(run_dir) -> list[tuple[int, float]]:
-    """The validation loss per epoch from a run folder's metrics.json; [] when there is none."""
+def read_val_curve(run_dir, clips: bool = False) -> list[tuple[int, float]]:
+    """The validation loss per epoch from a run folder's metrics.json, or with `clips` per report against train
+    clips seen (the steps of a run that reported in clips); [] when there is none."""
     metrics = RunMetrics.read(run_dir)
-    return metrics.val_curve() if metrics else []
+    if not metrics:
+        return []
+    return metrics.report_curve() if clips else metrics.val_curve()
 
 
 def _finite(record: TrialRecord) -> TrialRecord:
@@ -86,11 +89,16 @@ class TrialInfo:
     params: dict
     value: float | None            # the ranking objective (validation loss when it is one)
     record: TrialRecord
-    curve: list[tuple[int, float]]  # validation loss per epoch: intermediate values, else metrics.json
+    curve: list[tuple[int, float]]  # validation loss per step: intermediate values, else metrics.json
 
     @property
     def anchor(self) -> bool:
         return self.record.anchor is True
+
+    @property
+    def steps_in_clips(self) -> bool:
+        """The curve's steps are train clips seen (how2sign.reporting), not epochs."""
+        return self.record.step_unit == CLIPS
 
     @property
     def val_loss(self) -> float | None:
@@ -230,7 +238,7 @@ def _info(t: optuna.trial.FrozenTrial, target_i: int) -> TrialInfo:
     record = _finite(TrialRecord.read(t))
     curve = sorted((int(k), float(v)) for k, v in t.intermediate_values.items() if math.isfinite(v))
     if not curve:  # multi-objective trials report no intermediate values; their run folder has the curve
-        curve = read_val_curve(record.checkpoint)
+        curve = read_val_curve(record.checkpoint, clips=record.step_unit == CLIPS)
     return TrialInfo(t.number, t.state.name, dict(t.params), value, record, curve)
 
 

@@ -225,14 +225,20 @@ def parallel(d: ReportData):
 
 
 def intermediate(d: ReportData):
-    curves = [t for t in d.trials if t.curve]
+    curves, left_out = _curves(d)
     if not curves:
         return None, "No trial has reported a validation loss yet."
     n_pruned = sum(t.state == "PRUNED" for t in curves)
-    fig = Figure("intermediate", FIGURE_TITLES["intermediate"], (
-        f"Every trial's learning curve as reported to the pruner; {n_pruned} pruned trial(s) are the dotted grey "
-        "lines ending in a cross, where the pruner stopped them. The thick line is the anchor."),
-        x=Axis("epoch"), y=Axis("validation loss"))
+    clips = curves[0].steps_in_clips
+    note = (f"Every trial's learning curve as reported to the pruner; {n_pruned} pruned trial(s) are the dotted grey "
+            "lines ending in a cross, where the pruner stopped them. The thick line is the anchor.")
+    if clips:
+        note += (" The steps are train clips seen (report_every): reports inside an epoch may validate on a fixed "
+                 "subset of the val split, each epoch's end on all of it.")
+    if left_out:
+        note += f" {left_out} trial(s) that reported per epoch are not drawn."
+    fig = Figure("intermediate", FIGURE_TITLES["intermediate"], note,
+                 x=Axis("train clips seen" if clips else "epoch"), y=Axis("validation loss"))
     shown = set()
     for t in sorted(curves, key=lambda t: t.anchor):  # the anchor drawn last, on top
         group = "anchor" if t.anchor else t.state
@@ -244,6 +250,14 @@ def intermediate(d: ReportData):
             opacity=1.0 if t.anchor else 0.75, end_marker="x" if t.state == "PRUNED" else None, top=t.anchor))
         shown.add(group)
     return fig, fig.note
+
+
+def _curves(d: ReportData) -> tuple[list[TrialInfo], int]:
+    """The curves one x axis can hold, and how many were left out: where some trials' steps are train clips
+    (report_every) and others' epochs (a study continued across the change), the clips ones."""
+    curves = [t for t in d.trials if t.curve]
+    clips = [t for t in curves if t.steps_in_clips]
+    return (clips, len(curves) - len(clips)) if clips else (curves, 0)
 
 
 def loss_vs_params(d: ReportData):

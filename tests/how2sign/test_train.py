@@ -18,7 +18,7 @@ def losses(history):
 def test_train_writes_checkpoints_and_metrics(corpus, tiny_cfg, tmp_path):
     data = TrainData.load(corpus)
     seen = []
-    r = train(tiny_cfg, data, tmp_path / "run", device="cpu", report=lambda e, v: seen.append((e, v)))
+    r = train(tiny_cfg, data, tmp_path / "run", device="cpu", report=lambda e, v, _point: seen.append((e, v)))
     assert r.epochs_run == tiny_cfg.epochs and [e for e, _ in seen] == [1, 2, 3, 4]
     assert r.params == sum(p.numel() for p in
                            __import__("how2sign.model", fromlist=["x"]).SignTranslator(
@@ -63,7 +63,7 @@ def test_report_can_stop_a_run_after_checkpointing(corpus, tiny_cfg, tmp_path):
     class Stop(Exception):
         pass
 
-    def report(epoch, _val):
+    def report(epoch, _val, _point):
         if epoch == 2:
             raise Stop
 
@@ -143,7 +143,7 @@ def test_times_are_kept_when_a_report_stops_the_run(corpus, tiny_cfg, tmp_path):
 
     times = TrainTimes()
 
-    def report(epoch, _val):
+    def report(epoch, _val, _point):
         if epoch == 2:
             raise KeyboardInterrupt
 
