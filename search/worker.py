@@ -486,8 +486,16 @@ def _run_one(study: optuna.Study, runner: TrialRunner, log) -> bool:
     if last is not None and last.state == TrialState.FAIL:
         log(f"trial {last.number}: failed: {TrialRecord.read(last).fail_reason}")
     elif last is not None and last.state == TrialState.PRUNED:
-        log(f"trial {last.number}: pruned after epoch {TrialRecord.read(last).epochs_run}")
+        log(f"trial {last.number}: pruned {_pruned_where(last)}")
     return True
+
+
+def _pruned_where(trial: optuna.trial.FrozenTrial) -> str:
+    """"after epoch 3", or inside an epoch where the steps count clips: "at 7,750 train clips (epoch 1)"."""
+    record = TrialRecord.read(trial)
+    if record.step_unit == CLIPS and trial.intermediate_values:
+        return f"at {max(trial.intermediate_values):,} train clips (epoch {(record.epochs_run or 0) + 1})"
+    return f"after epoch {record.epochs_run or max(trial.intermediate_values, default=0)}"
 
 
 def requeue(study: optuna.Study, failed: optuna.trial.FrozenTrial) -> None:
