@@ -400,6 +400,7 @@ def slurm(
     n_trials: Annotated[int | None, typer.Option(help="Trial budget of the study (default: the study file's).")] = None,
     checkpoint_dir: CheckpointOpt = None,
     artifact_dir: ArtifactOpt = None,
+    warning_seconds: Annotated[int | None, typer.Option(help="Slurm's advance warning (SIGUSR2) this many seconds before the time limit (default: 120): trials go back in the queue from their last checkpoint and the task is re-queued.")] = None,
     dry_run: Annotated[bool, typer.Option(help="Print the sbatch script that would be submitted; submit nothing, create nothing.")] = False,
     cancel: Annotated[bool, typer.Option(help="Cancel this study's pending and running arrays and wait until they are gone.")] = False,
 ):
@@ -418,7 +419,8 @@ def slurm(
             raise typer.Exit(1)
         return
     req = SlurmRequest(study, storage, jobs, data, n_trials, gpus_per_job, workers_per_device, partition, time_limit,
-                       account, mem, cpus_per_task, logs, tuple(setup or ()), checkpoint_dir, artifact_dir, dry_run)
+                       account, mem, cpus_per_task, logs, tuple(setup or ()), checkpoint_dir, artifact_dir,
+                       dry_run=dry_run, **({} if warning_seconds is None else {"warning_seconds": warning_seconds}))
     for line in submission_lines(submit(req, say=say), storage_given=storage is not None):
         out.print(line, highlight=False, markup=False)
 

@@ -1,7 +1,7 @@
 """`slurm`: a study's workers as one Slurm job array, submitted through submitit.
 
 `submit` creates or loads the study once, exactly as `start --workers 0` does, then submits one array of
-`--jobs` tasks with submitit (`AutoExecutor`, `update_parameters`, `map_array`). Every task runs `run_task`
+`--jobs` tasks with submitit (`AutoExecutor`, `update_parameters`, `map_array`). Every task runs `TaskRun`
 (pickled by submitit into the logs folder), which runs this project's own `start` for the study on what
 Slurm gave the task: `--workers-per-device K` on its GPUs (Slurm's CUDA_VISIBLE_DEVICES), or one
 single-threaded CPU worker per allocated CPU. The array's id is recorded on the study
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .errors import UserError
 from .records import StudyRecord
-from .slurm_job import ArrayTask, run_task
+from .slurm_job import ArrayTask, TaskRun
 
 DEFAULT_LOGS = "h2s-slurm-logs"
 # --time: HH:MM:SS or D-HH:MM:SS; also the form scontrol prints a partition's DefaultTime/MaxTime in.
@@ -33,6 +33,11 @@ SLURM_COMMANDS = ("sbatch", "srun", "squeue", "scancel", "scontrol")
 # A cancelled task is gone once its processes are: SIGTERM, then SIGKILL after slurm.conf's KillWait
 # (30 s by default), then the node's clean-up.
 CANCEL_WAIT_S = 300.0
+# Slurm's advance warning: SIGUSR2 this many seconds before a task's time limit (sbatch --signal=USR2@S,
+# sent up to a minute early). The workers end their trials at once, back in the queue from their last
+# checkpoint, and submitit re-queues the task. Slurm takes sig_time up to 65535.
+DEFAULT_WARNING_S = 120
+MAX_WARNING_S = 65535
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,7 @@ class SlurmRequest:
     checkpoint_dir: Path | None = None      # None: start's default, resolved in the job's folder (this one)
     artifact_dir: Path | None = None
     dry_run: bool = False
+    warning_seconds: int = DEFAULT_WARNING_S  # SIGUSR2 this long before the time limit
 
 
 def check(req: SlurmRequest) -> None:
@@ -69,6 +75,8 @@ def check(req: SlurmRequest) -> None:
             raise UserError(f"{flag} must be >= {least}, got {value}")
     if req.time is not None:
         time_minutes(req.time)
+    if not 1 <= req.warning_seconds <= MAX_WARNING_S:
+        raise UserError(f"--warning-seconds must be between 1 and {MAX_WARNING_S}, got {req.warning_seconds}")
     if req.mem is not None and not MEM_FORMAT.match(req.mem):
         raise UserError(f"--mem must be a size like 16G or 4000M, got {req.mem!r}")
     if any("\n" in line for line in req.setup):
@@ -174,10 +182,22 @@ def task_cpus(req: SlurmRequest) -> int:
     return 1
 
 
+def check_warning(req: SlurmRequest, minutes: int) -> None:
+    """The advance warning must come inside the time limit, or every task would be told to stop at once."""
+    if req.warning_seconds >= minutes * 60:
+        raise UserError(f"--warning-seconds {req.warning_seconds} is not shorter than the time limit of "
+                        f"{minutes} min; give a longer --time or a shorter --warning-seconds")
+
+
 def parameters(req: SlurmRequest, study_name: str, minutes: int) -> dict:
-    """submitit's update_parameters for one task of the array (None: not set; AutoExecutor drops it)."""
+    """submitit's update_parameters for one task of the array (None: not set; AutoExecutor drops it).
+
+    slurm_signal_delay_s is the advance warning (#SBATCH --signal=USR2@S): submitit's handler in the task
+    calls TaskRun.checkpoint, then re-queues the task (a time-out at most submitit's max_num_timeout, 3,
+    times; a preemption always)."""
     return {"name": f"h2s-{study_name}", "nodes": 1, "tasks_per_node": 1, "cpus_per_task": task_cpus(req),
             "gpus_per_node": req.gpus_per_job or None, "timeout_min": minutes,
+            "slurm_signal_delay_s": req.warning_seconds,
             "slurm_partition": req.partition, "slurm_account": req.account, "slurm_mem": req.mem,
             "slurm_setup": list(req.setup) or None}
 
@@ -246,6 +266,7 @@ def submit(req: SlurmRequest, say=print) -> Submission:
     require_slurm()
     spec = load_spec(req.study)
     minutes = time_minutes(req.time) if req.time else partition_minutes(req.partition)
+    check_warning(req, minutes)
     logs = Path(req.logs or DEFAULT_LOGS).resolve()
     executor = make_executor(logs, parameters(req, spec.name, minutes))
     script = sbatch_script(executor, req.jobs)
@@ -254,7 +275,8 @@ def submit(req: SlurmRequest, say=print) -> Submission:
         return Submission(spec.name, parse_url(url).masked, "", req.jobs, logs, script, True, minutes)
     name = prepare_study(req, url, say)
     task = ArrayTask(name, find_study_file(req.study).read_text(), url, _absolute(req.data), req.gpus_per_job,
-                     req.workers_per_device, _absolute(req.checkpoint_dir), _absolute(req.artifact_dir))
+                     req.workers_per_device, _absolute(req.checkpoint_dir), _absolute(req.artifact_dir),
+                     req.warning_seconds)
     private_folder(logs, say)
     jobs = submit_array(executor, task, req.jobs)
     job_id = jobs[0].job_id.split("_")[0]
@@ -277,7 +299,7 @@ def submit_array(executor, task: ArrayTask, n: int) -> list:
     from submitit.core.utils import FailedJobError
 
     try:
-        return executor.map_array(run_task, [task] * n)
+        return executor.map_array(TaskRun(), [task] * n)
     except (FailedJobError, subprocess.CalledProcessError) as exc:
         said = [line for line in str(exc).splitlines() if "error" in line.lower()] or str(exc).splitlines()
         raise UserError(f"sbatch refused the array: {said[-1].strip()}") from None

@@ -1,9 +1,12 @@
 """Inside a Slurm job: what each task of `h2s-search slurm`'s array runs, and the job id a worker records.
 
-`run_task` (submitit pickles it, with its `ArrayTask`, into the logs folder) runs this project's own
+`TaskRun` (submitit pickles it, with its `ArrayTask`, into the logs folder) runs this project's own
 `start --json` for the study on what Slurm gave the task: `--workers-per-device K` on its GPUs (Slurm's
-CUDA_VISIBLE_DEVICES), or one single-threaded CPU worker per CPU of the task. `slurm_job_id()` is what a
-worker records beside `host`. search/slurm.py submits and cancels the arrays.
+CUDA_VISIBLE_DEVICES), or one single-threaded CPU worker per CPU of the task. At Slurm's advance warning
+(SIGUSR2, `--warning-seconds` before the time limit, or at a preemption) submitit calls its `checkpoint`:
+start is told to stop (SIGTERM: its workers end their trials as preempted, back in the queue at once from
+their last checkpoint), and the task is re-queued to run start again. `slurm_job_id()` is what a worker
+records beside `host`. search/slurm.py submits and cancels the arrays.
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +45,7 @@ class ArrayTask:
     workers_per_device: int | None
     checkpoint_dir: str | None
     artifact_dir: str | None
+    warning_seconds: int = 120   # the advance warning; start gets all but the last 10 s of it to stop
 
 
 def start_command(task: ArrayTask, study_path: Path, env) -> tuple[list[str], dict]:
@@ -64,21 +70,61 @@ def start_command(task: ArrayTask, study_path: Path, env) -> tuple[list[str], di
     return cmd, {**env, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def run_task(task: ArrayTask) -> dict:
+class TaskRun:
     """One array task: `start` for the study on this task's devices; returns start's --json summary.
 
     A start that fails raises, so Slurm and submitit record the task as failed; its lines are in the log.
+    `checkpoint` makes it checkpointable for submitit (which re-queues a task only then, at a time-out).
     """
-    from .storage import mask_password
 
-    with tempfile.TemporaryDirectory(prefix="h2s-slurm-") as tmp:
-        path = Path(tmp) / "study.toml"
-        path.write_text(task.study_file)
-        cmd, env = start_command(task, path, os.environ)
-        print(f"h2s-search slurm task {slurm_job_id()}: {mask_password(shlex.join(cmd))}", file=sys.stderr,
-              flush=True)
-        res = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
-    lines = res.stdout.strip().splitlines()
-    if res.returncode != 0 or not lines:
-        raise RuntimeError(f"start exited with code {res.returncode}; its lines are above in this log")
-    return json.loads(lines[-1])
+    def __init__(self):
+        self._start: subprocess.Popen | None = None
+
+    def __getstate__(self) -> dict:
+        return {}  # a running start is this process's own, never pickled
+
+    def __setstate__(self, _state: dict) -> None:
+        self._start = None
+
+    def __call__(self, task: ArrayTask) -> dict:
+        from .storage import mask_password
+
+        with tempfile.TemporaryDirectory(prefix="h2s-slurm-") as tmp:
+            path = Path(tmp) / "study.toml"
+            path.write_text(task.study_file)
+            cmd, env = start_command(task, path, os.environ)
+            restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+            print(f"h2s-search slurm task {slurm_job_id()}" + (f" (run {restarts + 1}, re-queued)" if restarts else "")
+                  + f": {mask_password(shlex.join(cmd))}", file=sys.stderr, flush=True)
+            with open(Path(tmp) / "start.json", "w+") as out:
+                self._start = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=out, text=True)
+                # Polled, not wait(): a blocking wait holds the Popen's lock, and `checkpoint` (submitit's
+                # signal handler, run here in this thread) must be able to wait for start itself.
+                while (code := self._start.poll()) is None:
+                    time.sleep(0.2)
+                out.seek(0)
+                lines = out.read().strip().splitlines()
+        if code != 0 or not lines:
+            raise RuntimeError(f"start exited with code {code}; its lines are above in this log")
+        return json.loads(lines[-1])
+
+    def checkpoint(self, task: ArrayTask):
+        """submitit's hook at the advance warning or a preemption: stop start and its workers (SIGTERM: their
+        trials are preempted, back in the queue from their last checkpoint, and cost no budget), waiting
+        for them while the warning lasts; then what submitit re-queues: this task again."""
+        from submitit.helpers import DelayedSubmission
+
+        start = self._start
+        if start is not None and start.poll() is None:
+            t0 = time.monotonic()
+            print(f"h2s-search slurm task {slurm_job_id()}: Slurm's warning; stopping start (its trials go back "
+                  "in the queue)", file=sys.stderr, flush=True)
+            start.send_signal(signal.SIGTERM)
+            try:
+                start.wait(timeout=max(5, task.warning_seconds - 10))
+                print(f"h2s-search slurm task {slurm_job_id()}: start stopped in {time.monotonic() - t0:.1f}s; "
+                      "re-queueing this task", file=sys.stderr, flush=True)
+            except subprocess.TimeoutExpired:
+                print(f"h2s-search slurm task {slurm_job_id()}: start still running after "
+                      f"{time.monotonic() - t0:.0f}s; re-queueing anyway", file=sys.stderr, flush=True)
+        return DelayedSubmission(TaskRun(), task)

@@ -81,6 +81,9 @@ def checkpoint_root(settings: WorkerSettings) -> Path:
     return Path(settings.checkpoint_dir or os.environ.get(CHECKPOINT_ENV) or "h2s-checkpoints").resolve()
 
 
+SETTLE_S = 2.0  # a second look at a spent budget before leaving (_trial_loop)
+
+
 class StopFlag:
     """A signal ends the current trial after its current batch, then the worker leaves; a second Ctrl-C stops
     at once. What becomes of the trial depends on who sent it:
@@ -438,7 +441,7 @@ def _worker_data(settings: WorkerSettings, opened: Opened, log) -> TrainData:
 def _trial_loop(opened: Opened, runner: TrialRunner, gate: BudgetGate, cap: int | None, stop: StopFlag,
                 log) -> int:
     """Admit and run trials one at a time; returns how many ran here."""
-    ran, waited = 0, False
+    ran, waited, looked_again = 0, False, False
     deadline = time.monotonic() + opened.spec.timeout if opened.spec.timeout else None
     while not stop() and (cap is None or ran < cap):
         if deadline and time.monotonic() > deadline:
@@ -447,15 +450,21 @@ def _trial_loop(opened: Opened, runner: TrialRunner, gate: BudgetGate, cap: int 
             # The budget is spent, but a trial still RUNNING may belong to a dead worker: stay until it
             # finishes, or goes stale and is re-queued (then we run the retry), so nothing is lost.
             running = gate.running()
-            if not running:
+            if not running and looked_again:
                 break
+            if not running:
+                # One more look before leaving: a preempted trial is FAIL for a moment before its WAITING
+                # retry is added (worker.requeue), and neither look would see it then.
+                looked_again = True
+                _pause(SETTLE_S, stop)
+                continue
             if not waited:
                 log(f"budget spent; waiting for trial(s) {', '.join(map(str, running))} to finish "
                     "(or to go stale and be retried here)")
                 waited = True
             _pause(heartbeat_settings()[0], stop)
             continue
-        waited = False
+        waited = looked_again = False
         ran += _run_one(opened.study, runner, log)
     return ran
 

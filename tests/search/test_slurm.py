@@ -167,6 +167,41 @@ def test_cancel_leaves_no_job_and_no_running_trial(slurm, new_machine, fleet_stu
           f"{[(t.number, t.state.name, t.user_attrs.get('fail_reason')) for t in after]}")
 
 
+def test_a_time_limit_cuts_a_trial_which_resumes_from_its_epoch_and_the_budget_stays_exact(
+        slurm, new_machine, fleet_study, pg_db):
+    """Slurm's advance warning (SIGUSR2, --warning-seconds before the limit, up to a minute early) ends the
+    running trials as preempted, back in the queue from their last epoch, and submitit re-queues the task;
+    the retries resume from that epoch (in the other task, or this one's next run) and cost no budget."""
+    m = new_machine("login")
+    n_trials, epochs = 16, 250  # 5-10 s a trial (early stopping ends most): more than a two-minute task holds
+    study = fleet_study("slurmtime", n_trials=n_trials, epochs=epochs, patience=epochs)
+    array = submitted_id(m.cli("slurm", "--study", study, "--storage", pg_db.url, "--data", m.data, "--jobs", "2",
+                               "--cpus-per-task", "1", "--time", "00:02:00", "--warning-seconds", "60",
+                               "--logs", m.dir / "logs").stdout)
+    wait_until(lambda: not active_tasks([array]), 600, f"array {array} to finish, re-queued tasks included")
+    trials = study_of(pg_db, "slurmtime").get_trials()
+    rows = [(t.number, t.state.name, t.user_attrs.get("slurm_job_id"), t.user_attrs.get("fail_reason"),
+             t.user_attrs.get("resumed_from_epoch")) for t in trials]
+    preempted = [t for t in trials if t.state == TrialState.FAIL]
+    assert preempted and all(t.user_attrs["fail_reason"].startswith("preempted by SIGUSR2")
+                             or t.user_attrs["fail_reason"].startswith("preempted by SIGTERM") for t in preempted), rows
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(done) == n_trials and len(trials) == n_trials + len(preempted), rows  # the budget, exactly
+    by_retry = {t.system_attrs["retry_history"][-1]: t for t in trials if t.system_attrs.get("retry_history")}
+    gaps = []
+    for gone in preempted:
+        retry = by_retry[gone.number]
+        assert retry.params == gone.params and retry.user_attrs["resumed_from_epoch"] == gone.user_attrs["epochs_run"]
+        assert retry.state == TrialState.COMPLETE and retry.user_attrs["epochs_run"] > gone.user_attrs["epochs_run"]
+        gaps.append((retry.datetime_start - gone.datetime_complete).total_seconds())
+    assert max(t.user_attrs["resumed_from_epoch"] for t in by_retry.values()) >= 1, rows
+    logs = "".join(p.read_text() for p in (m.dir / "logs").glob(f"{array}_*_log.err"))
+    assert "Slurm's warning; stopping start" in logs and "re-queued" in logs and "Traceback" not in logs, logs
+    print(f"\narray {array}: {len(preempted)} trial(s) cut by the time limit's warning, resumed from epochs "
+          f"{[by_retry[t.number].user_attrs['resumed_from_epoch'] for t in preempted]}; seconds from preemption "
+          f"to the retry's start: {[round(g, 1) for g in gaps]}; trials: {rows}")
+
+
 def test_dry_run_submits_nothing_and_creates_nothing(slurm, new_machine, fleet_study, pg_db):
     m = new_machine("login")
     study = fleet_study("slurmdry")
@@ -178,6 +213,7 @@ def test_dry_run_submits_nothing_and_creates_nothing(slurm, new_machine, fleet_s
     assert "#SBATCH --job-name=h2s-slurmdry" in script and "\nmodule load cuda\n" in script
     assert f"{sys.executable} -u -m submitit.core._submit {m.dir / 'logs'}" in script
     assert "#SBATCH --time=60" in script  # no --time: the partition's DefaultTime (.ci/slurm: one hour)
+    assert "#SBATCH --signal=USR2@120" in script  # the advance warning, --warning-seconds' default
     assert "sbatch --test-only: Job" in res.stderr and "in partition" in res.stderr, res.stderr
     # Slurm refuses a partition before anything is created, dry run or not
     one_line_error(m.cli("slurm", "--study", study, "--storage", pg_db.url, "--jobs", "2", "--partition", "nope",
