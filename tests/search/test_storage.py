@@ -455,3 +455,19 @@ def test_optunas_storage_internal_error_is_one_line(pg_db):
     finally:
         pg_db.admin(f'ALTER DATABASE "{pg_db.name}" WITH ALLOW_CONNECTIONS true')
         storage.engine.dispose()
+
+
+def test_a_drivers_own_connection_error_that_sqlalchemy_let_through_is_one_line():
+    """SQLAlchemy wraps a driver's errors, but not on every path: CI once saw psycopg's own
+    OperationalError come out of a pre-ping's reconnect to a database that had stopped taking connections."""
+    import psycopg
+
+    from search.storage import storage_errors
+
+    u = parse_url("postgresql://u:secret@db.example/x")
+    with pytest.raises(StorageError, match="cannot reach the database at postgresql://u:\\*\\*\\*@db.example/x: "
+                                           "connection failed") as caught, storage_errors(u):
+        raise psycopg.OperationalError("connection failed: database \"x\" is not currently accepting connections")
+    assert "\n" not in str(caught.value) and "secret" not in str(caught.value)
+    with pytest.raises(ValueError), storage_errors(u):  # not the database's: left alone
+        raise ValueError("a bug of ours")
