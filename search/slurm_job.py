@@ -74,7 +74,7 @@ class TaskRun:
     """One array task: `start` for the study on this task's devices; returns start's --json summary.
 
     A start that fails raises, so Slurm and submitit record the task as failed; its lines are in the log.
-    `checkpoint` makes it checkpointable for submitit (which re-queues a task only then, at a time-out).
+    `checkpoint` makes it checkpointable: submitit re-queues a timed-out task only when it is.
     """
 
     def __init__(self):

@@ -101,6 +101,30 @@ def test_a_cpu_task_runs_one_single_threaded_worker_per_cpu_and_no_gpu(tmp_path)
     assert env["CUDA_VISIBLE_DEVICES"] == "4,5"  # the GPUs Slurm gave the task
 
 
+def test_a_task_pickles_without_its_start_and_checkpoints_as_itself_again():
+    import pickle
+
+    from search.slurm import check_warning
+    from search.slurm_job import TaskRun
+
+    task = ArrayTask("s", "", "postgresql://u@db/x", None, 0, None, None, None, 60)
+    run = TaskRun()
+    run._start = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert pickle.loads(pickle.dumps(run))._start is None
+        t0 = time.monotonic()
+        again = run.checkpoint(task)  # stops the running start (SIGTERM) and waits for it
+        assert run._start.poll() is not None and time.monotonic() - t0 < 10
+    finally:
+        run._start.kill()
+    assert isinstance(again.function, TaskRun) and again.args == (task,)
+    check_warning(SlurmRequest("s", jobs=1, warning_seconds=60), minutes=2)
+    with pytest.raises(UserError, match="--warning-seconds 120 is not shorter than the time limit of 2 min"):
+        check_warning(SlurmRequest("s", jobs=1), minutes=2)
+    with pytest.raises(UserError, match="--warning-seconds must be between 1 and 65535"):
+        check(SlurmRequest("s", jobs=1, warning_seconds=0))
+
+
 def test_bad_flags_are_one_line_and_exit_2(new_machine, fleet_study):
     m = new_machine("login")
     study = fleet_study("badflags")
