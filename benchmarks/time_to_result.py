@@ -70,7 +70,7 @@ def objective(trial):
             values[name] = trial.suggest_float(name, p["low"], p["high"], log=p.get("log", False))
     cfg = TrainConfig.from_dict({**fixed, **values})
 
-    def report(epoch, val_loss, _point):  # train() also passes where in the run it reports
+    def report(epoch, val_loss):
         trial.report(val_loss, epoch)
         if trial.should_prune():
             raise optuna.TrialPruned()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import inspect
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -261,6 +262,23 @@ class Hooks:
         return bool(self.should_stop and self.should_stop())
 
 
+def report_hook(report: Callable | None) -> Callable[[int, float, ReportPoint], None] | None:
+    """report(step, val_loss, point) as train() calls it; a script's report(epoch, val_loss), the hook's
+    shape before reports came inside epochs, gets the two values it takes."""
+    if report is None:
+        return None
+    try:
+        signature = inspect.signature(report)
+    except (TypeError, ValueError):  # no signature to read (a builtin): called as it is
+        return report
+    try:
+        signature.bind(0, 0.0, None)
+        return report
+    except TypeError:
+        signature.bind(0, 0.0)  # neither shape: the TypeError says what it takes
+        return lambda step, val_loss, _point: report(step, val_loss)
+
+
 def train(cfg: TrainConfig, data: TrainData, out_dir: Path, *, device: str = "auto", amp: str = "auto",
           resume: bool | Path = False, report: Callable[[int, float, ReportPoint], None] | None = None,
           should_stop: Callable[[], bool] | None = None, on_epoch: Callable[[dict], None] | None = None,
@@ -270,7 +288,7 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: Path, *, device: str = "au
     resume: True resumes from out_dir/last_checkpoint.pt when it exists; a path resumes from that file,
     which may be a checkpoint inside an epoch.
     report(step, val_loss, point) runs at every report (how2sign.reporting: step is the epoch, or train clips
-    seen; point says where), once its checkpoint is handed to the writer thread; train() waits for that
+    seen; point says where; a report(epoch, val_loss) of two arguments gets those two), once its checkpoint is handed to the writer thread; train() waits for that
     write before it returns or lets an exception (report's included) through.
     times: filled in as the run goes (see TrainTimes).
     """
@@ -281,7 +299,7 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: Path, *, device: str = "au
     resumed_from = (state.epoch, state.clips + (state.partial or {}).get("clips", 0)) if resumed else None
     writer, bar = checkpoint.BackgroundWriter(), EpochProgress(progress, cfg.total_epochs, state.epoch)
     try:
-        ending = _epochs(run, state, writer, bar, times, Hooks(report, should_stop, on_epoch))
+        ending = _epochs(run, state, writer, bar, times, Hooks(report_hook(report), should_stop, on_epoch))
     except BaseException:
         with times.clock("checkpoint"):
             writer.wait(raise_errors=False)  # the epoch's files are on disk before the error leaves

@@ -72,6 +72,22 @@ def test_report_can_stop_a_run_after_checkpointing(corpus, tiny_cfg, tmp_path):
     assert checkpoint.load(tmp_path / "r" / checkpoint.LAST)["epoch"] == 2
 
 
+def test_a_report_of_two_arguments_still_gets_the_epoch_and_the_loss(corpus, tiny_cfg, tmp_path):
+    """Scripts outside this repo wrote report(epoch, val_loss) before reports came inside epochs."""
+    from how2sign.train import report_hook
+
+    seen, three = [], []
+    train(dataclasses.replace(tiny_cfg, epochs=2), TrainData.load(corpus), tmp_path / "r", device="cpu",
+          report=lambda epoch, val_loss: seen.append((epoch, val_loss)))
+    train(dataclasses.replace(tiny_cfg, epochs=2), TrainData.load(corpus), tmp_path / "s", device="cpu",
+          report=lambda step, val_loss, point: three.append((step, val_loss, point.epoch)))
+    assert [e for e, _ in seen] == [1, 2] and all(math.isfinite(v) for _, v in seen)
+    assert seen == [(s, v) for s, v, _ in three]  # the same run, told the same values
+    with pytest.raises(TypeError):
+        report_hook(lambda only_one: None)  # neither shape: refused before the run, not at its first report
+    assert report_hook(None) is None
+
+
 def test_nan_loss_raises(corpus, tiny_cfg, tmp_path):
     cfg = dataclasses.replace(tiny_cfg, lr=1e12, lr_min=0.0, epochs=2)
     with pytest.raises(NonFiniteLoss, match="nan|inf"):
