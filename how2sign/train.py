@@ -288,8 +288,9 @@ def train(cfg: TrainConfig, data: TrainData, out_dir: Path, *, device: str = "au
     resume: True resumes from out_dir/last_checkpoint.pt when it exists; a path resumes from that file,
     which may be a checkpoint inside an epoch.
     report(step, val_loss, point) runs at every report (how2sign.reporting: step is the epoch, or train clips
-    seen; point says where; a report(epoch, val_loss) of two arguments gets those two), once its checkpoint is handed to the writer thread; train() waits for that
-    write before it returns or lets an exception (report's included) through.
+    seen; point says where; a report(epoch, val_loss) of two arguments gets those two), once its checkpoint
+    is handed to the writer thread; train() waits for that write before it returns or lets an exception
+    (report's included) through.
     times: filled in as the run goes (see TrainTimes).
     """
     t_start, times = time.perf_counter(), (times if times is not None else TrainTimes())
