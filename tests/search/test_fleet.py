@@ -623,7 +623,7 @@ def test_two_workers_share_the_confirmation_budget_exactly_and_a_killed_one_is_r
                                                                                        fleet_study):
     """The confirmation study is a study like any other: machines join it with `worker`, the budget of
     (K + 1) x N runs is exact, and a killed worker's run is retried and resumed from its checkpoint."""
-    epochs = 20
+    epochs = 120  # runs of several seconds, so that both machines are surely inside one at the same time
     study = fleet_study(n_trials=2, epochs=epochs)
     m, a, b = new_machine("creator"), new_machine("a"), new_machine("b")
     create(m, pg_db, study)
