@@ -177,7 +177,7 @@ def storage_errors(u: StorageURL) -> Iterator[None]:
         # failed commit): a lost connection reads as one, anything else names the database's own words.
         from optuna.exceptions import StorageInternalError
 
-        if _driver_connection_error(exc):
+        if _driver_disconnect(exc):  # the driver's own, where SQLAlchemy let it through unwrapped
             raise StorageError(f"cannot reach the database at {u.masked}: {_reason(exc)}") from None
         if not isinstance(exc, StorageInternalError):
             raise
@@ -185,16 +185,6 @@ def storage_errors(u: StorageURL) -> Iterator[None]:
         if is_disconnect(exc):
             raise StorageError(f"cannot reach the database at {u.masked}: {_reason(cause)}") from None
         raise StorageError(f"the database at {u.masked} refused a storage call: {_reason(cause)}") from None
-
-
-DRIVERS = ("psycopg", "psycopg2", "pymysql", "MySQLdb", "mysql", "sqlite3")
-
-
-def _driver_connection_error(exc: BaseException) -> bool:
-    """A driver's own (PEP 249) connection error that SQLAlchemy let through unwrapped: seen once in CI from
-    a pre-ping's reconnect to a database that had stopped taking connections."""
-    return (type(exc).__name__ in ("OperationalError", "InterfaceError")
-            and type(exc).__module__.split(".")[0] in DRIVERS)
 
 
 def _reason(exc: BaseException) -> str:
