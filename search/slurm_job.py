@@ -70,6 +70,11 @@ def start_command(task: ArrayTask, study_path: Path, env) -> tuple[list[str], di
     return cmd, {**env, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
+def _say(text: str) -> None:
+    """One line of the task's own in its log (stderr), beside start's."""
+    print(f"h2s-search slurm task {slurm_job_id()}: {text}", file=sys.stderr, flush=True)
+
+
 class TaskRun:
     """One array task: `start` for the study on this task's devices; returns start's --json summary.
 
@@ -94,8 +99,7 @@ class TaskRun:
             path.write_text(task.study_file)
             cmd, env = start_command(task, path, os.environ)
             restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
-            print(f"h2s-search slurm task {slurm_job_id()}" + (f" (run {restarts + 1}, re-queued)" if restarts else "")
-                  + f": {mask_password(shlex.join(cmd))}", file=sys.stderr, flush=True)
+            _say((f"(run {restarts + 1}, re-queued): " if restarts else "") + mask_password(shlex.join(cmd)))
             with open(Path(tmp) / "start.json", "w+") as out:
                 self._start = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=out, text=True)
                 # Polled, not wait(): a blocking wait holds the Popen's lock, and `checkpoint` (submitit's
@@ -117,14 +121,11 @@ class TaskRun:
         start = self._start
         if start is not None and start.poll() is None:
             t0 = time.monotonic()
-            print(f"h2s-search slurm task {slurm_job_id()}: Slurm's warning; stopping start (its trials go back "
-                  "in the queue)", file=sys.stderr, flush=True)
+            _say("Slurm's warning; stopping start (its trials go back in the queue)")
             start.send_signal(signal.SIGTERM)
             try:
                 start.wait(timeout=max(5, task.warning_seconds - 10))
-                print(f"h2s-search slurm task {slurm_job_id()}: start stopped in {time.monotonic() - t0:.1f}s; "
-                      "re-queueing this task", file=sys.stderr, flush=True)
+                _say(f"start stopped in {time.monotonic() - t0:.1f}s; re-queueing this task")
             except subprocess.TimeoutExpired:
-                print(f"h2s-search slurm task {slurm_job_id()}: start still running after "
-                      f"{time.monotonic() - t0:.0f}s; re-queueing anyway", file=sys.stderr, flush=True)
+                _say(f"start still running after {time.monotonic() - t0:.0f}s; re-queueing anyway")
         return DelayedSubmission(TaskRun(), task)

@@ -450,11 +450,11 @@ def _trial_loop(opened: Opened, runner: TrialRunner, gate: BudgetGate, cap: int 
             # The budget is spent, but a trial still RUNNING may belong to a dead worker: stay until it
             # finishes, or goes stale and is re-queued (then we run the retry), so nothing is lost.
             running = gate.running()
-            if not running and looked_again:
-                break
             if not running:
+                if looked_again:
+                    break
                 # One more look before leaving: a preempted trial is FAIL for a moment before its WAITING
-                # retry is added (worker.requeue), and neither look would see it then.
+                # retry is added (worker.requeue), and a single look could fall in that moment.
                 looked_again = True
                 _pause(SETTLE_S, stop)
                 continue
