@@ -216,7 +216,10 @@ def test_sigkill_mid_trial_is_retried_and_resumes_from_the_checkpoint(pg_db, new
     from how2sign.checkpoint import LAST, load
     from search.study import anchor_trials, budget_used, load_stored
 
-    epochs = 10
+    # Enough epochs that the kill lands mid-trial however late the poll below sees epoch 2: a tiny epoch can
+    # take under 0.2 s and one poll (a fresh engine, a study load) a second or more under CI's load; CI once
+    # saw a trial of 10 epochs reach its last one before the freeze.
+    epochs = 40
     study = fleet_study(n_trials=1, epochs=epochs)
     create(new_machine("creator"), pg_db, study)
     a, b = new_machine("a"), new_machine("b")
@@ -269,7 +272,7 @@ def test_sigkill_mid_trial_is_retried_and_resumes_from_the_checkpoint(pg_db, new
 def test_a_paused_worker_whose_trial_was_retried_steps_aside(pg_db, new_machine, fleet_study):
     """A worker frozen past the grace period (a paused VM, a network partition) comes back to find its
     trial failed and retried elsewhere: it must not crash, nor count twice, and must exit 0."""
-    epochs = 10
+    epochs = 40  # a's trial must still be running when it wakes (see the SIGKILL test above)
     study = fleet_study(n_trials=1, epochs=epochs)
     create(new_machine("creator"), pg_db, study)
     a, b = new_machine("a"), new_machine("b")
@@ -579,7 +582,7 @@ def test_sighup_preempts_a_standalone_worker_like_sigterm(pg_db, new_machine, fl
 
 
 def test_sigkill_of_a_worker_behind_pgbouncer_is_retried_and_resumes(pgb_db, new_machine, fleet_study):
-    epochs = 10
+    epochs = 40  # the kill must land mid-trial (see the SIGKILL test above)
     study = fleet_study(n_trials=1, epochs=epochs)
     create(new_machine("creator"), pgb_db, study)
     a, b = new_machine("a"), new_machine("b")
