@@ -25,13 +25,12 @@ from how2sign.device import mps_available, visible_gpus
 from how2sign.jobs import DataChoice, choose_data
 
 from . import launcher
+from .confirmation import enqueued_pairs
 from .errors import UserError
-from .records import ConfirmConfig, ConfirmPlan, StudyRecord, TrialRecord, confirmation_name
+from .records import SEED, ConfirmConfig, ConfirmPlan, StudyRecord, TrialRecord, confirmation_name
 from .spec import StudySpec, parse
 from .storage import creation_lock, open_storage, parse_url, storage_errors
 from .study import FingerprintMismatch, Opened, anchor_trials, create, load, load_stored
-
-SEED = "seed"  # the TrainConfig field each run's seed is enqueued as, a parameter of the confirmation's space
 
 
 def select(study: optuna.Study, spec: StudySpec, top: int) -> list[ConfirmConfig]:
@@ -115,8 +114,9 @@ def differences(stored: StudySpec, plan: ConfirmPlan, had: ConfirmPlan | None, b
 
 
 def ensure_confirmation(url: str, parent: Opened, spec: StudySpec, plan: ConfirmPlan) -> tuple[Opened, int]:
-    """Create the confirmation study and enqueue every (config, seed) run, once; or load it when it holds this
-    very plan. Returns it and the number of runs enqueued now (0 when it existed)."""
+    """Create the confirmation study, or load it when it holds this very plan; then enqueue every (config,
+    seed) run that has no trial yet (all of them once, the rest of them after a `confirm` killed part-way),
+    under the study lock. Returns it and the number of runs enqueued now."""
     u = parse_url(url)
     with creation_lock(url, spec.name):
         storage = open_storage(url, cache=True)
@@ -126,25 +126,35 @@ def ensure_confirmation(url: str, parent: Opened, spec: StudySpec, plan: Confirm
             except KeyError:
                 study = create(storage, spec, parent.fingerprint, f"confirmation of {parent.spec.name}",
                                spec.n_trials, note=False, confirm=plan.attr())
-                n = _enqueue(study, plan, parent.spec.anchor_name)
-                return Opened(study, spec, parent.fingerprint, True, False, url), n
+                return Opened(study, spec, parent.fingerprint, True, False, url), _enqueue(study, plan, parent.spec)
             study, stored = load(storage, spec.name, parent.fingerprint, f"study {spec.name!r} in {u.masked}")
-            had = StudyRecord.read(study).confirm
-            diff = differences(stored, plan, ConfirmPlan.from_attr(had) if had else None, spec.confirm["beam"])
-            if diff:
-                raise UserError(f"study {spec.name!r} already exists with another selection ({'; '.join(diff)}); "
-                                "nothing was changed: run confirm with the same --top, --seeds and --beam, or "
-                                "confirm under another storage")
-    return Opened(study, stored, parent.fingerprint, False, False, url), 0
+            _refuse_another(study, stored, spec, plan)
+            return Opened(study, stored, parent.fingerprint, False, False, url), _enqueue(study, plan, parent.spec)
 
 
-def _enqueue(study: optuna.Study, plan: ConfirmPlan, anchor_name: str) -> int:
-    """Seed by seed, every configuration: an unfinished confirmation has the same seeds for every config."""
+def _refuse_another(study: optuna.Study, stored: StudySpec, spec: StudySpec, plan: ConfirmPlan) -> None:
+    had = StudyRecord.read(study).confirm
+    diff = differences(stored, plan, ConfirmPlan.from_attr(had) if had else None, spec.confirm["beam"])
+    if diff:
+        raise UserError(f"study {spec.name!r} already exists with another selection ({'; '.join(diff)}); "
+                        "nothing was changed: run confirm with the same --top, --seeds and --beam, or "
+                        "confirm under another storage")
+
+
+def _enqueue(study: optuna.Study, plan: ConfirmPlan, parent: StudySpec) -> int:
+    """Seed by seed, every configuration that has no trial for that seed yet (an unfinished confirmation has
+    the same seeds for every config). Each run carries its seed from the start, so a later call sees it."""
+    have = enqueued_pairs(study)
+    n = 0
     for seed in plan.seeds:
         for c in plan.configs:
-            record = TrialRecord(confirms_trial=c.trial, anchor=c.anchor, anchor_name=anchor_name if c.anchor else None)
+            if (c.trial, seed) in have:
+                continue
+            record = TrialRecord(confirms_trial=c.trial, anchor=c.anchor, seed=seed,
+                                 anchor_name=parent.anchor_name if c.anchor else None)
             study.enqueue_trial({**c.params, SEED: seed}, user_attrs=record.attrs())
-    return plan.runs
+            n += 1
+    return n
 
 
 def open_parent(storage: str | None, study: str, data: Path | None, say=print) -> tuple[Opened, DataChoice, str]:

@@ -28,12 +28,22 @@ import optuna
 from optuna.trial import TrialState
 
 from . import stats
-from .records import CONFIRM_SUFFIX, ConfirmConfig, ConfirmPlan, StudyRecord, TrialRecord, confirmation_name
+from .records import (
+    CONFIRM_SUFFIX,
+    SEED,
+    ConfirmConfig,
+    ConfirmPlan,
+    StudyRecord,
+    TrialRecord,
+    confirmation_name,
+)
+from .storage import enqueued_params
 from .study import anchor_trials, retried_numbers
 from .translations import TEST_TRANSLATIONS, Translations, read_test_translations
 
 __all__ = ["HEADLINE", "HEADLINE_METRIC", "METRICS", "ConfigRow", "Confirmation", "ExpectedBest", "Metric", "Progress", "Run",
-           "build_confirmation", "confirmation_progress", "expected_best_of", "open_confirmation"]
+           "build_confirmation", "confirmation_progress", "enqueued_pairs", "expected_best_of", "open_confirmation",
+           "run_seed"]
 
 
 @dataclass(frozen=True)
@@ -171,6 +181,16 @@ def _plan(confirm: optuna.Study, runs: list[Run], trials) -> ConfirmPlan:
     return ConfirmPlan(parent, sum(not c.anchor for c in configs), tuple(seeds), configs)
 
 
+def run_seed(trial, record: TrialRecord) -> int | None:
+    """The seed a confirmation run trains with: its `seed` attribute (set when it is enqueued, and by the
+    worker), else its parameter, else the parameter it was enqueued with (a run still WAITING that was
+    enqueued before runs carried the attribute)."""
+    if record.seed is not None:
+        return int(record.seed)
+    seed = trial.params.get(SEED, enqueued_params(trial).get(SEED))
+    return None if seed is None else int(seed)
+
+
 def _runs(confirm: optuna.Study) -> tuple[list[Run], list]:
     """Every trial that names the config it re-trains; a stale trial that was re-queued is its retry alone."""
     trials = confirm.get_trials(deepcopy=False)
@@ -180,9 +200,14 @@ def _runs(confirm: optuna.Study) -> tuple[list[Run], list]:
         r = TrialRecord.read(t)
         if t.number in retried or r.confirms_trial is None:
             continue
-        runs.append(Run(t.number, int(r.confirms_trial), None if r.seed is None else int(r.seed), t.state.name, r))
+        runs.append(Run(t.number, int(r.confirms_trial), run_seed(t, r), t.state.name, r))
         kept.append(t)
     return runs, kept
+
+
+def enqueued_pairs(confirm: optuna.Study) -> set[tuple[int, int | None]]:
+    """The (config, seed) pairs that have a trial in the study, in any state."""
+    return {(r.config, r.seed) for r in _runs(confirm)[0]}
 
 
 def _pairs(plan: ConfirmPlan, runs: list[Run]) -> dict[tuple[int, int], Run]:

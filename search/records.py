@@ -184,6 +184,7 @@ def study_stored_names() -> tuple[str, ...]:
 
 # --------------------------------------------------------------------------- the confirmation study
 CONFIRM_SUFFIX = ".confirm"
+SEED = "seed"  # the TrainConfig field each confirmation run's seed is enqueued as, a parameter of its space
 
 
 def confirmation_name(parent: str) -> str:

@@ -13,7 +13,7 @@ In the manner of optuna.storages: the public names live here, the machinery in p
 * `storage_errors` turns database errors into our own one-line `StorageError`.
 * `_optuna.py` is the one module that reaches into Optuna's private internals; what the rest of the
   service needs of them is exported here: `HyperbandPruner`, `study_storage`, `study_id_of`,
-  `trial_id_of`, `finished_elsewhere`, `RETRY_HISTORY`, `TESTED_OPTUNA`.
+  `trial_id_of`, `enqueued_params`, `finished_elsewhere`, `RETRY_HISTORY`, `TESTED_OPTUNA`.
 
 Behind pgbouncer (port 6432, or `?h2s_pooler=pgbouncer` in the URL; `?h2s_pooler=none` says there is
 none) each process keeps a pool of 1 connection plus 1 overflow. psycopg's automatic prepared statements,
@@ -53,16 +53,16 @@ __all__ = [
     "CACHE_SECONDS", "DEFAULT_URL", "ENV", "GRACE_PERIOD", "HEARTBEAT_INTERVAL", "MAX_RETRY", "POOLER_OPTION",
     "POOLER_PORT", "RECONNECT_SECONDS", "RETRY_HISTORY", "SQLITE_BUSY_TIMEOUT", "TESTED_OPTUNA", "BudgetSpent",
     "FleetBackend", "FleetCachedStorage", "HyperbandPruner", "ReconnectingRDBStorage", "StorageError",
-    "StorageURL", "cache_seconds", "creation_lock", "engine_kwargs", "finished_elsewhere", "heartbeat_settings",
-    "is_disconnect", "mask_password", "open_storage", "parse_url", "reconnect_seconds", "reconnecting_methods",
-    "resolve_url", "set_user_attrs", "storage_errors", "study_id_of", "study_storage", "trial_id_of",
+    "StorageURL", "cache_seconds", "creation_lock", "engine_kwargs", "enqueued_params", "finished_elsewhere",
+    "heartbeat_settings", "is_disconnect", "mask_password", "open_storage", "parse_url", "reconnect_seconds",
+    "reconnecting_methods", "resolve_url", "set_user_attrs", "storage_errors", "study_id_of", "study_storage", "trial_id_of",
 ]
 # Importing optuna takes a second: these load on first use, so that `h2s-search --help` and URL parsing
 # stay quick.
 _LAZY = {"ReconnectingRDBStorage": "_rdb", "BudgetSpent": "_rdb", "FleetCachedStorage": "_cache",
          "FleetBackend": "_contract", "reconnecting_methods": "_retry",
-         **{name: "_optuna" for name in ("RETRY_HISTORY", "TESTED_OPTUNA", "HyperbandPruner", "finished_elsewhere",
-                                         "study_id_of", "study_storage", "trial_id_of")}}
+         **{name: "_optuna" for name in ("RETRY_HISTORY", "TESTED_OPTUNA", "HyperbandPruner", "enqueued_params",
+                                         "finished_elsewhere", "study_id_of", "study_storage", "trial_id_of")}}
 
 
 def __getattr__(name: str):

@@ -68,12 +68,19 @@ TRIAL_START = models.TrialModel._datetime_start_utc
 TRIAL_COMPLETE = models.TrialModel._datetime_complete_utc
 
 RETRY_HISTORY = "retry_history"  # RetryHeartbeatStaleTrialCallback's system attribute: trial numbers
+FIXED_PARAMS = "fixed_params"    # Study.enqueue_trial's system attribute: the parameters a trial was enqueued with
 
 
 # --------------------------------------------------------------------------- Study, Trial, FrozenTrial
 def trial_id_of(trial: optuna.Trial | FrozenTrial) -> int:
     """The storage's id of a trial (not its number)."""
     return trial._trial_id
+
+
+def enqueued_params(trial: FrozenTrial) -> dict[str, Any]:
+    """The parameters a trial was enqueued with ({} for a trial that was not): a WAITING trial has no
+    `params` yet, and a retry of an enqueued trial carries them over."""
+    return dict(trial.system_attrs.get(FIXED_PARAMS) or {})
 
 
 def frozen_trial_of(trial: optuna.Trial) -> FrozenTrial:

@@ -101,6 +101,54 @@ def test_confirm_runs_every_config_and_seed_on_val_and_test_once(search_copy):
     assert "loaded" in res.stdout and len(confirmation(url).get_trials()) == 6
 
 
+def test_a_confirm_killed_while_enqueueing_enqueues_the_rest_once_when_run_again(tmp_path, monkeypatch):
+    """The study and its plan were stored and 4 of the 9 runs enqueued (as the code before runs carried their
+    seed did), then the process died: the next call enqueues exactly the 5 pairs without a trial, the one
+    after it nothing."""
+    import tomllib
+
+    from search.confirm import confirmation_spec, ensure_confirmation
+    from search.confirmation import confirmation_progress
+    from search.records import ConfirmConfig, ConfirmPlan
+    from search.spec import parse
+    from search.storage import enqueued_params
+    from search.study import Opened
+    from search.tiny_study import TINY_ANCHOR
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    spec = parse(tomllib.loads(tiny_study_toml("tiny")), "tiny")
+    parent = Opened(optuna.create_study(study_name="tiny", storage=url), spec, "ab" * 32, False, False, url)
+    configs = (ConfirmConfig(3, False, {"dropout": 0.1, "lr": 1e-3}), ConfirmConfig(5, False, {"dropout": 0.2, "lr": 2e-3}),
+               ConfirmConfig(0, True, dict(TINY_ANCHOR)))
+    plan = ConfirmPlan("tiny", 2, (1, 2, 3), configs)
+    cspec = confirmation_spec(spec, plan, 4, "cd" * 32)
+    real = optuna.Study.enqueue_trial
+
+    def killed_after_four(self, params, user_attrs=None, **kw):
+        if len(self.get_trials(deepcopy=False)) == 4:
+            raise KeyboardInterrupt
+        return real(self, params, user_attrs={k: v for k, v in (user_attrs or {}).items() if k != "seed"}, **kw)
+
+    monkeypatch.setattr(optuna.Study, "enqueue_trial", killed_after_four)
+    with pytest.raises(KeyboardInterrupt):
+        ensure_confirmation(url, parent, cspec, plan)
+    monkeypatch.setattr(optuna.Study, "enqueue_trial", real)
+    progress = confirmation_progress(confirmation(url))
+    assert (progress.waiting, progress.missing) == (4, 5)  # the old runs' seeds are read from their params
+    opened, enqueued = ensure_confirmation(url, parent, cspec, plan)
+    assert not opened.created and enqueued == 5
+    runs = confirmation(url).get_trials()
+    pairs = sorted((t.user_attrs["confirms_trial"], enqueued_params(t)["seed"]) for t in runs)
+    assert pairs == sorted((c.trial, s) for c in configs for s in plan.seeds)  # every pair, once
+    by_trial = {c.trial: c for c in configs}
+    for t in runs:
+        c = by_trial[t.user_attrs["confirms_trial"]]
+        assert {k: v for k, v in enqueued_params(t).items() if k != "seed"} == c.params
+        assert t.user_attrs["anchor"] is c.anchor and t.user_attrs.get("anchor_name") == ("v4" if c.anchor else None)
+    assert ensure_confirmation(url, parent, cspec, plan)[1] == 0 and len(confirmation(url).get_trials()) == 9
+    assert confirmation_progress(confirmation(url)).waiting == 9
+
+
 def test_bad_inputs_are_one_line_and_change_nothing(search_copy, tmp_path_factory):
     home, data, url = search_copy
     for flag in ("--top", "--seeds", "--beam"):

@@ -310,6 +310,18 @@ def test_retry_history_is_where_optunas_retry_callback_lists_the_retried_trials(
     assert optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(retry) == [0]
 
 
+def test_enqueued_params_are_where_enqueue_trial_keeps_them_and_a_retry_carries_them():
+    study = optuna.create_study()
+    study.enqueue_trial({"x": 1.5, "seed": 3})
+    study.ask()  # takes it: the params are still only the enqueued ones until a suggest reads them
+    assert adapter.enqueued_params(study.trials[0]) == {"x": 1.5, "seed": 3}
+    study.tell(0, state=TrialState.FAIL)
+    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)(study, study.trials[0])
+    assert study.trials[1].state == TrialState.WAITING
+    assert adapter.enqueued_params(study.trials[1]) == {"x": 1.5, "seed": 3}
+    assert adapter.enqueued_params(optuna.create_study().ask().study.trials[0]) == {}
+
+
 # --------------------------------------------------------------------------- "finished under us"
 def test_a_write_to_a_finished_trial_is_recognised_by_type():
     study = optuna.create_study()
