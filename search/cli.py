@@ -346,7 +346,7 @@ def confirm(
     workers: Annotated[int | None, typer.Option(help="Local worker processes, as for start (0: only create the confirmation study).")] = None,
     devices: Annotated[str | None, typer.Option(help="Devices to use, e.g. cuda:0,cuda:1, as for start.")] = None,
     workers_per_device: Annotated[int | None, typer.Option(help="Workers per GPU or MPS device, as for start.")] = None,
-    beam: Annotated[int, typer.Option(help="Beam size for decoding val and test; 1 is greedy, as in the search.")] = 1,
+    beam: Annotated[int, typer.Option(help="Beam size for decoding val and test (the scores a paper reports); 1 is greedy, as in the search.")] = 4,
     checkpoint_dir: CheckpointOpt = None,
     artifact_dir: ArtifactOpt = None,
     as_json: JsonOpt = False,

@@ -128,17 +128,25 @@ def ensure_confirmation(url: str, parent: Opened, spec: StudySpec, plan: Confirm
                                spec.n_trials, note=False, confirm=plan.attr())
                 return Opened(study, spec, parent.fingerprint, True, False, url), _enqueue(study, plan, parent.spec)
             study, stored = load(storage, spec.name, parent.fingerprint, f"study {spec.name!r} in {u.masked}")
-            _refuse_another(study, stored, spec, plan)
+            _refuse_another(study, stored, spec, plan, u.masked)
             return Opened(study, stored, parent.fingerprint, False, False, url), _enqueue(study, plan, parent.spec)
 
 
-def _refuse_another(study: optuna.Study, stored: StudySpec, spec: StudySpec, plan: ConfirmPlan) -> None:
-    had = StudyRecord.read(study).confirm
-    diff = differences(stored, plan, ConfirmPlan.from_attr(had) if had else None, spec.confirm["beam"])
-    if diff:
-        raise UserError(f"study {spec.name!r} already exists with another selection ({'; '.join(diff)}); "
-                        "nothing was changed: run confirm with the same --top, --seeds and --beam, or "
-                        "confirm under another storage")
+def _refuse_another(study: optuna.Study, stored: StudySpec, spec: StudySpec, plan: ConfirmPlan, where: str) -> None:
+    """One line when the existing confirmation is not this plan; where the same --top, --seeds and --beam
+    select other runs, the search has changed since, and the line says how to go on with the existing one."""
+    attr = StudyRecord.read(study).confirm
+    had = ConfirmPlan.from_attr(attr) if attr else None
+    diff = differences(stored, plan, had, spec.confirm["beam"])
+    if not diff:
+        return
+    head = f"study {spec.name!r} already exists with another selection ({'; '.join(diff)}); nothing was changed: "
+    if had is not None and (had.top, len(had.seeds), stored.confirm.get("beam")) == (
+            plan.top, len(plan.seeds), spec.confirm["beam"]):
+        raise UserError(head + f"the search has changed since {spec.name!r} was created; to go on with that "
+                        f"confirmation as it is, run h2s-search worker --study {spec.name} --storage {where} (or "
+                        "confirm under another storage)")
+    raise UserError(head + "run confirm with the same --top, --seeds and --beam, or confirm under another storage")
 
 
 def _enqueue(study: optuna.Study, plan: ConfirmPlan, parent: StudySpec) -> int:

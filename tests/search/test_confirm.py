@@ -169,12 +169,33 @@ def test_bad_inputs_are_one_line_and_change_nothing(search_copy, tmp_path_factor
 
     cli("confirm", "--study", "tiny", "--top", 1, "--seeds", 1, "--storage", url, "--data", data, "--workers", 0,
         cwd=home)
+    from search.records import StudyRecord
+
+    assert StudyRecord.read(confirmation(url)).spec["confirm"]["beam"] == 4  # the default: beam search
     before = [(t.number, t.state, t.params) for t in confirmation(url).get_trials()]
-    for args, needle in ((("--top", 2, "--seeds", 1), "--top 1 there, 2 asked"),
-                         (("--top", 1, "--seeds", 2), "seeds [1] there, [1, 2] now")):
+    for args, needle, differ in ((("--top", 2, "--seeds", 1), "--top 1 there, 2 asked", 2),  # and so the trials
+                                 (("--top", 1, "--seeds", 2), "seeds [1] there, [1, 2] now", 1),
+                                 (("--top", 1, "--seeds", 1, "--beam", 1), "--beam 4 there, 1 asked", 1)):
         res = cli("confirm", "--study", "tiny", *args, "--storage", url, "--data", data, "--workers", 0, cwd=home,
                   check=False)
-        assert_refused(res, "already exists", needle, "nothing was changed")
+        assert_refused(res, "already exists", needle, "nothing was changed", "run confirm with the same --top")
+        assert res.stderr.count(" there, ") == differ, res.stderr
+    # The search gains a trial better than every other: the same flags now select other configs.
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import create_trial
+
+    search = optuna.load_study(study_name="tiny", storage=url)
+    had = [c["trial"] for c in confirmation(url).user_attrs["confirm"]["configs"]]
+    search.add_trial(create_trial(state=TrialState.COMPLETE, value=1e-3, params={"dropout": 0.05, "lr": 1e-3},
+                                  distributions={"dropout": FloatDistribution(0.0, 0.5),
+                                                 "lr": FloatDistribution(1e-4, 3e-3, log=True)},
+                                  user_attrs={"anchor": False, "seed": 0}))
+    new = len(search.trials) - 1
+    res = cli("confirm", "--study", "tiny", "--top", 1, "--seeds", 1, "--storage", url, "--data", data,
+              "--workers", 0, cwd=home, check=False)
+    assert_refused(res, "already exists", f"trials {had} there, {[new, 0]} now", "nothing was changed",
+                   "the search has changed", f"h2s-search worker --study tiny.confirm --storage {url}")
+    assert res.stderr.count(" there, ") == 1
     assert [(t.number, t.state, t.params) for t in confirmation(url).get_trials()] == before
 
 
