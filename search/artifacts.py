@@ -25,7 +25,7 @@ from .records import CLIPS, TrialRecord
 from .translations import write_test_translations
 
 __all__ = ["ARTIFACTS_ENV", "LEARNING_CURVE", "METRICS", "TRANSLATIONS", "anchor_note", "artifact_root",
-           "learning_curve_png", "note_anchor", "open_store", "record_trial", "study_note",
+           "learning_curve_png", "note_anchor", "open_store", "read_uploaded", "record_trial", "study_note",
            "translations_csv",
            "write_study_note"]
 
@@ -171,8 +171,9 @@ def record_trial(trial, run_dir: Path, store, *, history: list[dict] | None = No
     """Diagnose a finished trial, record the attributes, upload its artifacts and note the anchor.
 
     history defaults to run_dir/metrics.json's epochs. test: a confirmation run's test references and
-    hypotheses, all of them (search.translations). Failing to render or upload is logged, never fatal: the
-    trial's result matters more than its pictures.
+    hypotheses, all of them (search.translations): written into the run folder first, outside the tolerance
+    below (the paired test needs them), and uploaded first. Failing to render or upload is logged, never
+    fatal: the trial's result matters more than its pictures.
     """
     run_dir = Path(run_dir)
     if history is None:
@@ -181,9 +182,10 @@ def record_trial(trial, run_dir: Path, store, *, history: list[dict] | None = No
     diag = diagnose(history, lr_min=lr_min)
     record = diag.record(pruned)
     record.write(trial)
+    test_file = write_test_translations(run_dir, *test) if test is not None else None
     try:
         upload_trial_artifacts(trial, run_dir, store, history, samples, f"trial {trial.number}: {record.diagnosis}",
-                               test)
+                               test_file)
         note_anchor(trial)
     except Exception as exc:  # artifacts are a side output: the trial goes on
         log(f"trial {trial.number}: artifacts not uploaded ({type(exc).__name__}: {exc})")
@@ -192,18 +194,43 @@ def record_trial(trial, run_dir: Path, store, *, history: list[dict] | None = No
 
 def upload_trial_artifacts(trial, run_dir: Path, store, history: list[dict],
                            samples: tuple[list[str], list[str]] | None, title: str,
-                           test: tuple[list[str], list[str]] | None = None) -> dict[str, str]:
-    """Write the files into the trial's run folder and upload them; returns {filename: artifact_id}."""
+                           test_file: Path | None = None) -> dict[str, str]:
+    """Upload a confirmation run's test hypotheses (already written), then write the other files into the
+    trial's run folder and upload each once written; returns {filename: artifact_id}."""
     from optuna.artifacts import upload_artifact
 
-    files: list[tuple[Path, str]] = []
+    ids: dict[str, str] = {}
+
+    def upload(path: Path, mimetype: str) -> None:
+        ids[path.name] = upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial,
+                                         mimetype=mimetype)
+
+    if test_file is not None:
+        upload(test_file, "text/csv")
     if history:
-        files.append((learning_curve_png(history, run_dir / LEARNING_CURVE, title), "image/png"))
+        upload(learning_curve_png(history, run_dir / LEARNING_CURVE, title), "image/png")
     if samples is not None:
-        files.append((translations_csv(samples[0], samples[1], run_dir / TRANSLATIONS), "text/csv"))
-    if test is not None:
-        files.append((write_test_translations(run_dir, *test), "text/csv"))
+        upload(translations_csv(samples[0], samples[1], run_dir / TRANSLATIONS), "text/csv")
     if (run_dir / METRICS).exists():
-        files.append((run_dir / METRICS, "application/json"))
-    return {p.name: upload_artifact(artifact_store=store, file_path=str(p), study_or_trial=trial, mimetype=mime)
-            for p, mime in files}
+        upload(run_dir / METRICS, "application/json")
+    return ids
+
+
+def read_uploaded(trial, storage, filename: str, folder: Path | str | None = None) -> tuple[str, str]:
+    """The text of the artifact `filename` a trial uploaded, read from the artifact store in `folder`
+    (resolved as artifact_root does), and where it was read, in words. FileNotFoundError, saying what is
+    missing, when the trial uploaded none or the store does not hold it. Creates no folder."""
+    from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta
+    from optuna.artifacts.exceptions import ArtifactNotFound
+
+    meta = next((m for m in get_all_artifact_meta(trial, storage=storage) if m.filename == filename), None)
+    if meta is None:
+        raise FileNotFoundError(f"trial {trial.number} uploaded no {filename} artifact")
+    root = artifact_root(folder)
+    try:
+        with FileSystemArtifactStore(str(root)).open_reader(meta.artifact_id) as f:
+            data = f.read()
+    except ArtifactNotFound:
+        raise FileNotFoundError(f"its uploaded {filename} ({meta.artifact_id}) is not in the artifact store {root} "
+                                f"(--artifacts or ${ARTIFACTS_ENV})") from None
+    return data.decode("utf-8"), f"{filename} of trial {trial.number} in the artifact store {root}"

@@ -360,17 +360,17 @@ def confirm(
         res = run_confirm(study, top=top, seeds=seeds, storage=storage, data=data, workers=workers, devices=devices,
                           workers_per_device=workers_per_device, beam=beam, checkpoint_dir=checkpoint_dir,
                           artifact_dir=artifact_dir, say=say, progress=bar.update)
-    _print_confirmation(res, as_json)
+    _print_confirmation(res, as_json, artifact_dir)
     if any(c not in (0, None) for c in res.exit_codes):
         raise typer.Exit(1)
 
 
-def _print_confirmation(res, as_json: bool) -> None:
+def _print_confirmation(res, as_json: bool, artifact_dir: Path | None) -> None:
     """The confirmation's table, its sentences and the expected-best curve (search.confirmation_view)."""
     from .confirmation import build_confirmation
     from .confirmation_view import confirmation_dict, confirmation_lines
 
-    c = build_confirmation(res.parent.study, res.opened.study)
+    c = build_confirmation(res.parent.study, res.opened.study, artifacts=artifact_dir)
     if as_json:
         print(json.dumps({**confirmation_dict(c), "seconds": res.seconds, "exit_codes": res.exit_codes},
                          default=str))
@@ -560,6 +560,7 @@ def report(
     out_file: Annotated[Path | None, typer.Option("--out", help="File to write (default: report.html, or report.tex with --format latex).")] = None,
     fmt: Annotated[str, typer.Option("--format", help="html: the self-contained page; latex: the results table as a tabular.")] = "html",
     figures: Annotated[Path | None, typer.Option(help="Also write each figure as PDF and PNG into this folder.")] = None,
+    artifacts: Annotated[Path | None, typer.Option(help="Artifact store folder the workers upload to, where a confirmation run's test hypotheses are read when its run folder is not here (default: $H2S_ARTIFACTS, then ./h2s-artifacts).")] = None,
 ):
     """Write the study's report: one offline HTML page with plotly figures, or a LaTeX table; optional PDF/PNG figures."""
     from .report import write_report
@@ -570,7 +571,7 @@ def report(
     target = out_file or Path("report.tex" if fmt == "latex" else "report.html")
     confirm = _confirmation_of(opened)
     res = write_report(opened.study, target, storage_desc=parse_url(opened.url).masked, fmt=fmt, figures_dir=figures,
-                       confirmation=confirm)
+                       confirmation=confirm, artifacts=artifacts)
     what = "LaTeX table" if fmt == "latex" else f"report with {len(res.figures)} figure(s)"
     if confirm is not None:
         what += f" and the confirmation {confirm.study_name!r}"

@@ -2,7 +2,8 @@
 
 `h2s-search confirm` re-trains the parent (search) study's top K configs and the anchor with N fresh seeds
 as the trials of `<parent>.confirm` (docs/architecture.md). This module reads both studies through Optuna's
-public API and the run folders' `test_translations.csv`, and computes with `search.stats`:
+public API and the run folders' `test_translations.csv` (where a run folder is not at hand, the copy the run
+uploaded to the artifact store), and computes with `search.stats`:
 
 * progress: the (K+1) x N runs complete, running, waiting, failed, and not yet enqueued;
 * per config: val loss, val BLEU, test BLEU and test chrF over its complete seeds, Welch against the
@@ -21,8 +22,11 @@ The report, the LaTeX table, `confirm`, `best` and `status` all present this one
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
@@ -39,11 +43,11 @@ from .records import (
 )
 from .storage import enqueued_params
 from .study import anchor_trials, retried_numbers
-from .translations import TEST_TRANSLATIONS, Translations, read_test_translations
+from .translations import TEST_TRANSLATIONS, Translations, parse_test_translations, read_test_translations
 
 __all__ = ["HEADLINE", "HEADLINE_METRIC", "METRICS", "ConfigRow", "Confirmation", "ExpectedBest", "Metric", "Progress", "Run",
            "build_confirmation", "confirmation_progress", "enqueued_pairs", "expected_best_of", "open_confirmation",
-           "run_seed"]
+           "run_seed", "uploaded_test_translations"]
 
 
 @dataclass(frozen=True)
@@ -271,34 +275,54 @@ def _median_run(runs: list[Run]) -> Run | None:
     return scored[(len(scored) - 1) // 2] if scored else None
 
 
-def _translations(row: ConfigRow) -> Translations | str:
-    """The median-seed run's test hypotheses, or why there are none."""
+def _translations(row: ConfigRow, uploaded: Callable[[int], Translations]) -> Translations | str:
+    """The median-seed run's test hypotheses: its run folder's file, else the copy it uploaded to the artifact
+    store (a report made where the run folders are not at hand); or why there are none."""
     if row.median is None:
         return f"{row.label} has no complete run with a test BLEU"
     folder = row.median.record.checkpoint
-    if not folder:
-        return f"{row.label}'s median-seed run (trial {row.median.number}) recorded no run folder"
+    local = f"{row.label}'s median-seed run (trial {row.median.number}) recorded no run folder"
     try:
-        return read_test_translations(folder)
+        if folder:
+            return read_test_translations(folder)
     except FileNotFoundError:
-        return f"no {TEST_TRANSLATIONS} in {folder}"
+        local = f"no {TEST_TRANSLATIONS} in {folder}"
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        return str(exc)
+    try:
+        return uploaded(row.median.number)
+    except FileNotFoundError as exc:
+        return f"{local}, and {exc}"
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         return str(exc)
 
 
-def _paired(rows: list[ConfigRow], anchor: ConfigRow | None, n_samples: int) -> None:
+def uploaded_test_translations(confirm: optuna.Study, number: int, artifacts: Path | str | None = None
+                               ) -> Translations:
+    """Trial `number`'s test hypotheses as it uploaded them to the artifact store in `artifacts`
+    (search.artifacts.artifact_root: the folder, then $H2S_ARTIFACTS, then ./h2s-artifacts)."""
+    from .artifacts import read_uploaded
+    from .storage import study_storage
+
+    trial = next(t for t in confirm.get_trials(deepcopy=False) if t.number == number)
+    text, source = read_uploaded(trial, study_storage(confirm), TEST_TRANSLATIONS, artifacts)
+    return parse_test_translations(text, source)
+
+
+def _paired(rows: list[ConfigRow], anchor: ConfigRow | None, n_samples: int,
+            uploaded: Callable[[int], Translations]) -> None:
     """One PairedTest of every config's median-seed run against the anchor's; sets row.paired or why not."""
     others = [r for r in rows if not r.anchor]
-    base = _translations(anchor) if anchor is not None else "there is no anchor config"
+    base = _translations(anchor, uploaded) if anchor is not None else "there is no anchor config"
     systems: dict[int, list[str]] = {}
     for r in others:
-        mine = _translations(r)
+        mine = _translations(r, uploaded)
         if isinstance(base, str):
             r.paired_missing = f"the anchor's hypotheses: {base}"
         elif isinstance(mine, str):
             r.paired_missing = mine
         elif mine.references != base.references:
-            r.paired_missing = (f"{mine.path} and {base.path} are not the same test sentences "
+            r.paired_missing = (f"{mine.source} and {base.source} are not the same test sentences "
                                 f"({len(mine)} and {len(base)} rows)")
         else:
             systems[r.trial] = mine.hypotheses
@@ -336,9 +360,11 @@ def _anchor_name(parent: optuna.Study, runs: list[Run]) -> str:
     return str(next((n for n in names if n), "anchor")).upper()
 
 
-def build_confirmation(parent: optuna.Study, confirm: optuna.Study, *, n_samples: int = 1000) -> Confirmation:
+def build_confirmation(parent: optuna.Study, confirm: optuna.Study, *, n_samples: int = 1000,
+                       artifacts: Path | str | None = None) -> Confirmation:
     """Everything the presentations show, from the two studies. A confirmation in progress (or with failed
-    runs) is summarised over the runs complete so far."""
+    runs) is summarised over the runs complete so far. artifacts: the artifact store's folder, where a run's
+    test hypotheses are read when its run folder is not at hand (default: $H2S_ARTIFACTS, ./h2s-artifacts)."""
     runs, trials = _runs(confirm)
     plan = _plan(confirm, runs, trials)
     pairs = _pairs(plan, runs)
@@ -346,7 +372,7 @@ def build_confirmation(parent: optuna.Study, confirm: optuna.Study, *, n_samples
     rows = [_row(c, plan, pairs, f"anchor {ref}" if c.anchor else f"trial {c.trial}")
             for c in sorted(plan.configs, key=lambda c: not c.anchor)]
     anchor = next((r for r in rows if r.anchor), None)
-    _paired(rows, anchor, n_samples)
+    _paired(rows, anchor, n_samples, functools.partial(uploaded_test_translations, confirm, artifacts=artifacts))
     for r in rows:
         if r.anchor:
             r.sentence = _anchor_sentence(r, ref)

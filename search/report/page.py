@@ -33,14 +33,15 @@ class ReportOutput:
     files: list[Path] = field(default_factory=list)         # --figures exports
 
 
-def write_report(study, out: Path, *, storage_desc: str = "", fmt: str = "html",
-                 figures_dir: Path | None = None, confirmation=None) -> ReportOutput:
+def write_report(study, out: Path, *, storage_desc: str = "", fmt: str = "html", figures_dir: Path | None = None,
+                 confirmation=None, artifacts: Path | str | None = None) -> ReportOutput:
     """confirmation: the study's `<study>.confirm` (an optuna.Study), when `confirm` has created it; the page
-    and the LaTeX file then gain its section, and --figures its two figures."""
+    and the LaTeX file then gain its section, and --figures its two figures. artifacts: the artifact store
+    its runs uploaded to (search.confirmation.build_confirmation)."""
     if fmt not in FORMATS:
         raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     d = load_report_data(study, storage_desc)
-    c = build_confirmation(study, confirmation) if confirmation is not None else None
+    c = build_confirmation(study, confirmation, artifacts=artifacts) if confirmation is not None else None
     out = Path(out)
     if out.parent and not out.parent.exists():
         out.parent.mkdir(parents=True)

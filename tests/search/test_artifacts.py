@@ -144,5 +144,39 @@ def test_artifact_options_on_the_command_line():
     for cmd in ("worker", "start"):
         res = runner.invoke(app, [cmd, "--help"], env={"COLUMNS": "200"})
         assert res.exit_code == 0 and "--artifact-dir" in res.output and "H2S_ARTIFACTS" in res.output
-    res = runner.invoke(app, ["dashboard", "--help"], env={"COLUMNS": "200"})
-    assert "--artifacts" in res.output and "H2S_ARTIFACTS" in res.output
+    for cmd in ("dashboard", "report"):
+        res = runner.invoke(app, [cmd, "--help"], env={"COLUMNS": "200"})
+        assert "--artifacts" in res.output and "H2S_ARTIFACTS" in res.output
+
+
+def test_a_confirmation_runs_test_hypotheses_survive_a_failing_plot_and_are_uploaded(tmp_path, monkeypatch):
+    """The learning curve fails to render: the trial goes on, its test hypotheses are in its run folder and
+    in the artifact store all the same, and read_uploaded reads them back (or says what is missing)."""
+    import search.artifacts as artifacts
+    from search.translations import TEST_TRANSLATIONS, read_test_translations
+
+    def broken(*_a, **_k):
+        raise RuntimeError("no renderer")
+
+    monkeypatch.setattr(artifacts, "learning_curve_png", broken)
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}")
+    trial, other = study.ask(), study.ask()
+    run = tmp_path / "run"
+    run.mkdir()
+    refs, hyps = ["a man signs", "the paper, folded"], ["a man", 'the "paper"']
+    history = [{"epoch": e, "train_loss": 3.0 - e, "val_loss": 3.2 - e / 2, "lr": 1e-3} for e in (1, 2)]
+    logs: list[str] = []
+    artifacts.record_trial(trial, run, open_store(tmp_path / "art"), history=history, log=logs.append,
+                           test=(refs, hyps))
+    assert logs == [f"trial {trial.number}: artifacts not uploaded (RuntimeError: no renderer)"]
+    kept = read_test_translations(run)
+    assert (kept.references, kept.hypotheses) == (refs, hyps)
+    frozen = study.trials[trial.number]
+    assert [m.filename for m in get_all_artifact_meta(frozen, storage=study._storage)] == [TEST_TRANSLATIONS]
+    text, where = artifacts.read_uploaded(frozen, study._storage, TEST_TRANSLATIONS, tmp_path / "art")
+    assert text == (run / TEST_TRANSLATIONS).read_bytes().decode() and where.endswith(f"artifact store {tmp_path / 'art'}")
+    with pytest.raises(FileNotFoundError, match="is not in the artifact store"):
+        artifacts.read_uploaded(frozen, study._storage, TEST_TRANSLATIONS, tmp_path / "elsewhere")
+    assert not (tmp_path / "elsewhere").exists()
+    with pytest.raises(FileNotFoundError, match=f"trial {other.number} uploaded no {TEST_TRANSLATIONS}"):
+        artifacts.read_uploaded(study.trials[other.number], study._storage, TEST_TRANSLATIONS, tmp_path / "art")

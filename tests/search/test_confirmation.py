@@ -77,8 +77,9 @@ def parent_study(url: str, values: list[float], anchor_value: float = 2.6) -> op
 
 
 def run(confirm: optuna.Study, tmp_path: Path, parent: optuna.Study, trial: int, seed: int,
-        state: TrialState = TrialState.COMPLETE, refs: list[str] | None = None) -> None:
-    """One (config, seed) run: its folder with test_translations.csv and the record a worker writes."""
+        state: TrialState = TrialState.COMPLETE, refs: list[str] | None = None, store=None) -> None:
+    """One (config, seed) run: its folder with test_translations.csv and the record a worker writes; with an
+    artifact store, the file uploaded to it while the run runs, as the worker does."""
     params = parent.trials[trial].params
     anchor = trial == 0
     base = TrialRecord(anchor=anchor, anchor_name="v4" if anchor else None, confirms_trial=trial, seed=seed)
@@ -98,8 +99,20 @@ def run(confirm: optuna.Study, tmp_path: Path, parent: optuna.Study, trial: int,
                             "chrf": 40.0, "test_loss": val_loss + 0.1, "checkpoint": str(folder),
                             "test_bleu": sacrebleu.corpus_bleu(hyps, [refs]).score,
                             "test_chrf": sacrebleu.corpus_chrf(hyps, [refs]).score})
-    confirm.add_trial(create_trial(state=state, params=params, distributions=DISTS, values=[val_loss],
+    if store is None:
+        confirm.add_trial(create_trial(state=state, params=params, distributions=DISTS, values=[val_loss],
+                                       user_attrs=record.attrs()))
+        return
+    from optuna.artifacts import upload_artifact
+
+    from search.storage import study_storage
+
+    confirm.add_trial(create_trial(state=TrialState.RUNNING, params=params, distributions=DISTS,
                                    user_attrs=record.attrs()))
+    live = confirm.trials[-1]
+    upload_artifact(artifact_store=store, file_path=str(folder / "test_translations.csv"), study_or_trial=live,
+                    storage=study_storage(confirm), mimetype="text/csv")
+    confirm.tell(live.number, [val_loss])
 
 
 def confirm_study(url: str, parent: optuna.Study, configs=(3, 5)) -> optuna.Study:
@@ -263,6 +276,35 @@ def test_a_missing_hypotheses_file_makes_the_paired_test_missing_not_an_error(tm
     assert row.verdicts["val_loss"] == BEATS  # val metrics have no paired test to miss
 
 
+def test_without_the_run_folders_the_paired_test_reads_the_uploaded_hypotheses(tmp_path, monkeypatch):
+    """A report made where the run folders are not (another machine): the median-seed runs' test hypotheses
+    come from the artifact store they were uploaded to, and the paired test is the same as with the folders."""
+    from search.artifacts import ARTIFACTS_ENV, open_store
+
+    url = f"sqlite:///{tmp_path / 'h2s.db'}"
+    parent = parent_study(url, SEARCH_VALUES)
+    confirm = confirm_study(url, parent, configs=(3,))
+    store = open_store(tmp_path / "art")
+    for trial in (0, 3):
+        for seed in SEEDS:
+            run(confirm, tmp_path, parent, trial, seed, store=store)
+    here = build_confirmation(parent, confirm)
+    assert here.rows[1].paired and all(t.state == TrialState.COMPLETE for t in confirm.trials)
+    shutil.move(tmp_path / "runs", tmp_path / "elsewhere")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(ARTIFACTS_ENV, raising=False)
+    row = build_confirmation(parent, confirm).rows[1]   # ./h2s-artifacts does not hold them
+    median = row.median.record.checkpoint
+    assert not row.paired and row.paired_missing.startswith("the anchor's hypotheses: no test_translations.csv in ")
+    assert "is not in the artifact store" in row.paired_missing and not (tmp_path / "h2s-artifacts").exists()
+    for c in (build_confirmation(parent, confirm, artifacts=tmp_path / "art"),
+              (monkeypatch.setenv(ARTIFACTS_ENV, str(tmp_path / "art")), build_confirmation(parent, confirm))[1]):
+        row = c.rows[1]
+        assert not row.paired_missing and row.paired == here.rows[1].paired and row.paired["bleu"].p < 0.05
+        assert row.verdicts == here.rows[1].verdicts and row.sentence == here.rows[1].sentence
+    assert not Path(median).exists()
+
+
 def test_runs_on_other_test_sentences_are_not_paired(tmp_path):
     url = f"sqlite:///{tmp_path / 'h2s.db'}"
     parent = parent_study(url, SEARCH_VALUES)
@@ -272,6 +314,7 @@ def test_runs_on_other_test_sentences_are_not_paired(tmp_path):
         run(confirm, tmp_path, parent, 3, seed, refs=references(60))
     row = build_confirmation(parent, confirm).rows[1]
     assert not row.paired and "are not the same test sentences (60 and 80 rows)" in row.paired_missing
+    assert row.paired_missing.startswith(str(tmp_path / "runs"))  # the files, named
 
 
 def test_no_run_yet_and_a_plan_read_from_the_trials(tmp_path):
