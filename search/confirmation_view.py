@@ -4,12 +4,20 @@ cells the report's table and the LaTeX export share (search/report/confirm.py)."
 from __future__ import annotations
 
 from .confirmation import HEADLINE, HEADLINE_METRIC, METRICS, PAIRED_OF, ConfigRow, Confirmation
-from .stats import ALPHA, CONFIDENCE
+from .stats import ALPHA, CONFIDENCE, Summary
 
-__all__ = ["MISSING", "best_confirmation", "confirmation_dict", "confirmation_lines", "expected_sentence", "expected_verdict",
-           "p_cell", "params_text", "table"]
+__all__ = ["CELLS", "MISSING", "best_confirmation", "confirmation_dict", "confirmation_lines", "expected_sentence",
+           "expected_verdict", "p_cell", "params_text", "summary_cell", "table"]
 
 MISSING = "–"
+CELLS = (f"mean ± sd [{CONFIDENCE * 100:.0f} % interval of the mean] over each config's complete seeds (sd with "
+         "ddof 1; one seed has neither)")
+
+
+def summary_cell(s: Summary, spec: str) -> str:
+    """A metric over seeds as every table shows it: '3.0712 ± 0.0123 [3.0406, 3.1018]'; one seed: '3.0712
+    (1 seed)'; none: '–'."""
+    return s.text(spec) + (f" [{s.low:{spec}}, {s.high:{spec}}]" if s.low is not None else "")
 
 
 def p_cell(p: float | None) -> str:
@@ -29,14 +37,14 @@ def _delta(row: ConfigRow) -> str:
 
 
 def table(c: Confirmation) -> tuple[list[str], list[list[str]]]:
-    """One row per config: seeds done, mean ± sd of the four metrics, the headline against the anchor."""
+    """One row per config: seeds done, the four metrics (summary_cell), the headline against the anchor."""
     headers = ["config", "seeds", *(m.label for m in METRICS), f"Δ {HEADLINE_METRIC.label} vs {c.anchor_label} "
                f"({CONFIDENCE * 100:.0f} % CI)", "p (seeds)", "p (paired)", "verdict"]
     rows = []
     for r in c.rows:
         w, paired = r.welch.get(HEADLINE), r.paired.get(PAIRED_OF[HEADLINE])
         rows.append([r.label, f"{r.seeds_done}/{r.seeds_planned}",
-                     *(r.summaries[m.field].text(m.spec) for m in METRICS), _delta(r),
+                     *(summary_cell(r.summaries[m.field], m.spec) for m in METRICS), _delta(r),
                      p_cell(w.p if w else None), p_cell(paired.p if paired else None),
                      "reference" if r.anchor else r.verdicts.get(HEADLINE, MISSING)])
     return headers, rows
@@ -61,13 +69,13 @@ def expected_sentence(c: Confirmation) -> str:
 
 
 def confirmation_lines(c: Confirmation) -> list[str]:
-    """For a terminal: the progress, the table in aligned columns, each config's params, the sentences and
-    the expected-best curve's n."""
+    """For a terminal: the progress, the table in aligned columns and what its cells are, each config's
+    params, the sentences and the expected-best curve's n."""
     headers, rows = table(c)
     widths = [max(len(x) for x in col) for col in zip(headers, *rows, strict=True)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     lines = [c.progress.line(c.study) + f"; seeds {', '.join(map(str, c.plan.seeds)) or MISSING}",
-             fmt.format(*headers), *(fmt.format(*r) for r in rows)]
+             fmt.format(*headers), *(fmt.format(*r) for r in rows), f"each metric: {CELLS}"]
     lines += [f"{r.label}: {params_text(r.params)}" for r in c.rows]
     lines += [f"- {r.sentence}" for r in c.rows]
     lines.append(expected_sentence(c))

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..confirmation import Confirmation, build_confirmation
-from ..confirmation_view import expected_sentence, params_text
+from ..confirmation_view import CELLS, expected_sentence, params_text
 from ..confirmation_view import table as confirmation_table
 from ..errors import UserError
 from ..stats import ALPHA
@@ -186,7 +186,7 @@ def _confirmation_html(c: Confirmation | None, figs: dict) -> str:
             f'{html.escape(c.progress.line(c.study))}; seeds {html.escape(", ".join(map(str, c.plan.seeds)))}. '
             "Each run re-trains a config at the study's full budget with early stopping and no pruning, and is "
             f"scored on the validation and the test split.</p>\n{_confirmation_table_html(c)}\n"
-            "<p class=\"note\">Mean ± sd over each config's complete seeds (sd with ddof 1). Δ is the difference of "
+            f"<p class=\"note\">Each metric: {html.escape(CELLS)}. Δ is the difference of "
             f"the means against {ref} with its 95 % interval; p (seeds) is Welch's t-test over seeds, p (paired) "
             f"sacrebleu's paired bootstrap ({c.n_samples} resamples{html.escape(seed)}) of the median-seed runs on "
             f"the test sentences. A config beats (or is worse than) {ref} when both p are below {ALPHA:g} with the "

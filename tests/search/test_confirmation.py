@@ -23,7 +23,13 @@ from sacrebleu.metrics import BLEU, CHRF
 from sacrebleu.significance import PairedTest
 from scipy import stats as scipy_stats
 
-from search.confirmation import build_confirmation, confirmation_progress, expected_best_of, open_confirmation
+from search.confirmation import (
+    METRICS,
+    build_confirmation,
+    confirmation_progress,
+    expected_best_of,
+    open_confirmation,
+)
 from search.confirmation_view import best_confirmation, confirmation_dict, confirmation_lines
 from search.records import ConfirmConfig, ConfirmPlan, StudyRecord, TrialRecord, confirmation_name
 from search.report import write_report
@@ -222,6 +228,21 @@ def test_the_expected_best_curve_comes_from_the_search_without_the_anchor(comple
     assert expected_best_of(parent) == e
 
 
+def test_the_terminal_table_shows_mean_sd_and_the_interval_of_every_metric(complete):
+    _, _, _, c = complete
+    lines = confirmation_lines(c)
+    assert lines[1].split()[:8] == ["config", "seeds", "val", "loss", "val", "BLEU", "test", "BLEU"]
+    for line, r in zip(lines[2:5], c.rows, strict=True):
+        assert line.startswith(r.label)
+        for m in METRICS:
+            s = r.summaries[m.field]
+            assert f"{s.mean:{m.spec}} ± {s.sd:{m.spec}} [{s.low:{m.spec}}, {s.high:{m.spec}}]" in line
+            assert s.low < s.mean < s.high
+    assert lines[5] == ("each metric: mean ± sd [95 % interval of the mean] over each config's complete seeds (sd "
+                        "with ddof 1; one seed has neither)")
+    assert lines[6].startswith("anchor V4: d_model=256")
+
+
 def test_progress_of_a_finished_confirmation(complete):
     _, _, confirm, c = complete
     assert c.progress == confirmation_progress(confirm)
@@ -255,6 +276,7 @@ def test_a_confirmation_in_progress_with_a_failed_run(tmp_path):
     assert five.summaries["test_bleu"].n == 2 and five.welch["test_bleu"].p is not None
     lines = confirmation_lines(c)
     assert lines[0].startswith("confirmation capacity.confirm: 6/9 runs complete") and "1/3" in lines[3]
+    assert f"{s.mean:.2f} (1 seed)  " in lines[3] and "(1 seed) [" not in lines[3]  # one seed: no interval
     json.dumps(confirmation_dict(c))  # JSON-able as it is
 
 
@@ -345,6 +367,11 @@ def test_the_report_page_has_the_confirmation_section(complete, tmp_path):
     assert [cls for cls, _ in rows] == ["anchor", "", ""] and ">anchor V4<" in rows[0][1]
     good = c.rows[1]
     assert good.summaries["test_bleu"].text(".2f") in rows[1][1] and ">beats<" in rows[1][1]
+    for r, (_, cells) in zip(c.rows, rows, strict=True):  # every metric with its 95 % interval over seeds
+        for m in METRICS:
+            s = r.summaries[m.field]
+            assert f">{s.mean:{m.spec}} ± {s.sd:{m.spec}} [{s.low:{m.spec}}, {s.high:{m.spec}}]<" in cells
+    assert "Each metric: mean ± sd [95 % interval of the mean] over each config&#x27;s complete seeds" in page
     for r in c.rows:
         assert html_escape(r.sentence) in page
     assert "it first beats V4&#x27;s 2.6000 at n = " in page
