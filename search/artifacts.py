@@ -3,8 +3,10 @@
 Every finished trial (complete or pruned) gets:
 - the user attributes `overfit_epoch`, `final_gap`, `lr_collapsed` and a one-line `diagnosis`;
 - three artifacts in the Optuna artifact store that optuna-dashboard shows on the trial's page:
-  `learning_curve.png` (train/validation loss and learning rate per epoch), `translations.csv`
-  (a sample of validation references against hypotheses; complete trials only) and `metrics.json`.
+  `learning_curve.png` (train/validation loss and learning rate against the trial's steps: per epoch, or
+  against train clips seen, every report inside epochs included, where the trial reported in clips),
+  `translations.csv` (a sample of validation references against hypotheses; complete trials only) and
+  `metrics.json`.
 The study gets a dashboard note explaining the anchor trial, and the anchor trial a note of its own.
 
 The artifact folder is shared by the fleet like the checkpoint folder: `--artifact-dir`, then
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from how2sign.reporting import AUTO_MIN_CLIPS
@@ -24,10 +27,9 @@ from .diagnosis import Diagnosis, diagnose
 from .records import CLIPS, TrialRecord
 from .translations import write_test_translations
 
-__all__ = ["ARTIFACTS_ENV", "LEARNING_CURVE", "METRICS", "TRANSLATIONS", "anchor_note", "artifact_root",
-           "learning_curve_png", "note_anchor", "open_store", "read_uploaded", "record_trial", "study_note",
-           "translations_csv",
-           "write_study_note"]
+__all__ = ["ARTIFACTS_ENV", "LEARNING_CURVE", "METRICS", "TRANSLATIONS", "Curve", "anchor_note", "artifact_root",
+           "curve_figure", "learning_curve", "learning_curve_png", "note_anchor", "open_store", "read_uploaded",
+           "record_trial", "study_note", "translations_csv", "write_study_note"]
 
 ARTIFACTS_ENV = "H2S_ARTIFACTS"
 DEFAULT_FOLDER = "h2s-artifacts"
@@ -49,41 +51,80 @@ def open_store(folder: Path | str | None = None):
 
 
 # --------------------------------------------------------------------------- files
-def learning_curve_png(history: list[dict], path: Path, title: str = "") -> Path:
-    """Train and validation loss per epoch, best epoch marked, learning rate on a log axis."""
+@dataclass(frozen=True)
+class Curve:
+    """What learning_curve_png draws, against the trial's steps: the epoch, or train clips seen where the trial
+    reported in clips (how2sign.reporting), then with every report, those inside epochs too."""
+
+    x_label: str                     # "epoch" or "train clips seen"
+    train: list[tuple[int, float]]   # (step, train loss) at each epoch's end
+    val: list[tuple[int, float]]     # (step, validation loss) at every report, in order
+    inside: list[tuple[int, float]]  # of those, the reports inside an epoch (on the val subset where there is one)
+    lr: list[tuple[int, float]]      # (step, learning rate) at each epoch's end
+    best: tuple[int, float] | None   # the best epoch's step and validation loss
+
+
+def learning_curve(history: list[dict], reports: list[dict] | None = None) -> Curve:
+    """The curve of a run from metrics.json: `history` (its epochs) and `reports` (listed only where the steps are
+    train clips; how2sign.run_metrics). An epoch's values are drawn at its own report's step."""
+    recs = sorted(history, key=lambda h: h["epoch"])
+    if reports:
+        at = {r["epoch"]: r["step"] for r in reports if r["epoch_end"]}
+        recs = [h for h in recs if h["epoch"] in at]
+        val = sorted((r["step"], r["val_loss"]) for r in reports)
+        inside = [(r["step"], r["val_loss"]) for r in reports if not r["epoch_end"]]
+    else:
+        at = {h["epoch"]: h["epoch"] for h in recs}
+        val, inside = [(h["epoch"], h["val_loss"]) for h in recs], []
+    best = min(recs, key=lambda h: h["val_loss"]) if recs else None
+    return Curve("train clips seen" if reports else "epoch", [(at[h["epoch"]], h["train_loss"]) for h in recs], val,
+                 inside, [(at[h["epoch"]], h["lr"]) for h in recs if h.get("lr")],
+                 (at[best["epoch"]], best["val_loss"]) if best else None)
+
+
+def learning_curve_png(history: list[dict], path: Path, title: str = "", reports: list[dict] | None = None) -> Path:
+    """Train and validation loss against the trial's steps, best epoch marked, learning rate on a log axis."""
+    curve_figure(learning_curve(history, reports), title).savefig(path, dpi=110)
+    return path
+
+
+def curve_figure(curve: Curve, title: str = ""):
+    """The learning curve's matplotlib Figure (no pyplot state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import EngFormatter, MaxNLocator
 
-    recs = sorted(history, key=lambda h: h["epoch"])
-    epochs = [h["epoch"] for h in recs]
     fig = Figure(figsize=(6.4, 3.8), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    ax.plot(epochs, [h["train_loss"] for h in recs], "o-", color="#1f77b4", label="train loss", ms=3)
-    ax.plot(epochs, [h["val_loss"] for h in recs], "o-", color="#d62728", label="validation loss", ms=3)
-    if recs:
-        best = min(recs, key=lambda h: h["val_loss"])
-        ax.axvline(best["epoch"], color="#888", ls=":", lw=1)
-        ax.annotate(f"best {best['val_loss']:.3f}", (best["epoch"], best["val_loss"]), xytext=(4, 8),
-                    textcoords="offset points", fontsize=8, color="#444")
-    ax.set_xlabel("epoch")
+    ax.plot(*_xy(curve.train), "o-", color="#1f77b4", label="train loss", ms=3)
+    ax.plot(*_xy(curve.val), "o-", color="#d62728", label="validation loss", ms=3)
+    if curve.inside:
+        ax.plot(*_xy(curve.inside), "o", color="#d62728", mfc="white", ms=4, label="validation inside an epoch")
+    if curve.best:
+        ax.axvline(curve.best[0], color="#888", ls=":", lw=1)
+        ax.annotate(f"best {curve.best[1]:.3f}", curve.best, xytext=(4, 8), textcoords="offset points", fontsize=8,
+                    color="#444")
+    ax.set_xlabel(curve.x_label)
     ax.set_ylabel("token cross-entropy")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    lrs = [(h["epoch"], h["lr"]) for h in recs if h.get("lr")]
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=7, integer=True))
+    if curve.x_label != "epoch":
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 7.75k, 31k: clip counts grow long
     handles, labels = ax.get_legend_handles_labels()
-    if lrs:
+    if curve.lr:
         ax2 = ax.twinx()
-        line = ax2.plot([e for e, _ in lrs], [lr for _, lr in lrs], "--", color="#2ca02c", lw=1, label="learning rate")
+        handles += ax2.plot(*_xy(curve.lr), "--", color="#2ca02c", lw=1, label="learning rate")
         ax2.set_yscale("log")
         ax2.set_ylabel("learning rate", color="#2ca02c")
-        handles += line
         labels.append("learning rate")
     ax.legend(handles, labels, fontsize=8, loc="upper right")
     if title:
         ax.set_title(title, fontsize=9)
-    fig.savefig(path, dpi=110)
-    return path
+    return fig
+
+
+def _xy(points: list[tuple[int, float]]) -> tuple[list[int], list[float]]:
+    return [x for x, _ in points], [y for _, y in points]
 
 
 def translations_csv(references: list[str], hypotheses: list[str], path: Path, n: int = SAMPLE_SIZE) -> Path:
@@ -170,14 +211,15 @@ def record_trial(trial, run_dir: Path, store, *, history: list[dict] | None = No
                  log=print, test: tuple[list[str], list[str]] | None = None) -> Diagnosis:
     """Diagnose a finished trial, record the attributes, upload its artifacts and note the anchor.
 
-    history defaults to run_dir/metrics.json's epochs. test: a confirmation run's test references and
-    hypotheses, all of them (search.translations): written into the run folder first, outside the tolerance
-    below (the paired test needs them), and uploaded first. Failing to render or upload is logged, never
-    fatal: the trial's result matters more than its pictures.
+    history defaults to run_dir/metrics.json's epochs; its reports (listed where the steps are train clips) go
+    into the learning curve. test: a confirmation run's test references and hypotheses, all of them
+    (search.translations): written into the run folder first, outside the tolerance below (the paired test
+    needs them), and uploaded first. Failing to render or upload is logged, never fatal: the trial's result
+    matters more than its pictures.
     """
     run_dir = Path(run_dir)
+    metrics = RunMetrics.read(run_dir)
     if history is None:
-        metrics = RunMetrics.read(run_dir)
         history = metrics.history if metrics else []
     diag = diagnose(history, lr_min=lr_min)
     record = diag.record(pruned)
@@ -185,7 +227,7 @@ def record_trial(trial, run_dir: Path, store, *, history: list[dict] | None = No
     test_file = write_test_translations(run_dir, *test) if test is not None else None
     try:
         upload_trial_artifacts(trial, run_dir, store, history, samples, f"trial {trial.number}: {record.diagnosis}",
-                               test_file)
+                               test_file, reports=metrics.reports if metrics else None)
         note_anchor(trial)
     except Exception as exc:  # artifacts are a side output: the trial goes on
         log(f"trial {trial.number}: artifacts not uploaded ({type(exc).__name__}: {exc})")
@@ -194,9 +236,11 @@ def record_trial(trial, run_dir: Path, store, *, history: list[dict] | None = No
 
 def upload_trial_artifacts(trial, run_dir: Path, store, history: list[dict],
                            samples: tuple[list[str], list[str]] | None, title: str,
-                           test_file: Path | None = None) -> dict[str, str]:
+                           test_file: Path | None = None, *,
+                           reports: list[dict] | None = None) -> dict[str, str]:
     """Upload a confirmation run's test hypotheses (already written), then write the other files into the
-    trial's run folder and upload each once written; returns {filename: artifact_id}."""
+    trial's run folder and upload each once written; returns {filename: artifact_id}. A trial pruned at a
+    report inside its first epoch has reports and no epochs: its curve is those reports."""
     from optuna.artifacts import upload_artifact
 
     ids: dict[str, str] = {}
@@ -207,8 +251,8 @@ def upload_trial_artifacts(trial, run_dir: Path, store, history: list[dict],
 
     if test_file is not None:
         upload(test_file, "text/csv")
-    if history:
-        upload(learning_curve_png(history, run_dir / LEARNING_CURVE, title), "image/png")
+    if history or reports:
+        upload(learning_curve_png(history, run_dir / LEARNING_CURVE, title, reports), "image/png")
     if samples is not None:
         upload(translations_csv(samples[0], samples[1], run_dir / TRANSLATIONS), "text/csv")
     if (run_dir / METRICS).exists():

@@ -1,5 +1,6 @@
 """Rungs finer than an epoch (report_every): the study file's units, the pruner's resources in them, a real
-trial pruned inside its first epoch, and the learning curves of the report and the status views.
+trial pruned inside its first epoch, and the learning curves of the report, the status views and the
+trials' learning_curve.png artifact.
 
 The rungs corpus (tests/conftest.py) has 48 train clips in six full batches of 8: with report_every = 12 a
 trial reports at 12, 24, 36 clips inside an epoch and 48 at its end.
@@ -19,6 +20,7 @@ from how2sign import checkpoint
 from how2sign.batches import TrainData
 from how2sign.run_metrics import RunMetrics
 from how2sign.train import train
+from search import artifacts
 from search.cli import app
 from search.records import CLIPS, TrialRecord
 from search.report import build_model, load_report_data
@@ -138,6 +140,7 @@ def test_a_trial_reports_at_clip_counts_and_is_pruned_inside_its_first_epoch(run
     assert checkpoint.describe(last)["inside_epoch"] == {"epoch": 1, "batches": 2}  # 16 clips: the first report
     assert RunMetrics.load(tmp_path / "ck" / "rungs" / "trial-00002").report_curve() == \
         [(12, slow.intermediate_values[12])]
+    assert (tmp_path / "ck" / "rungs" / "trial-00002" / "learning_curve.png").exists()  # its one report, drawn
     assert TrialRecord.read(good).val_loss == good.intermediate_values[48]  # the epoch's own: the whole split
 
 
@@ -220,6 +223,39 @@ def test_a_multi_objective_trial_in_clips_draws_its_reports_from_metrics_json(tm
                                  values=[4.0, 1e6], user_attrs=rec.attrs()))
     (t,) = load_report_data(study).trials
     assert t.curve == [(12, 4.2), (48, 4.0)]
+
+
+def test_the_learning_curve_artifact_of_a_clip_step_trial_is_drawn_against_train_clips_seen(tmp_path, monkeypatch):
+    epochs = [{"epoch": e, "train_loss": t, "val_loss": v, "lr": lr} for e, t, v, lr in
+              ((1, 4.6, 4.0, 1e-3), (2, 4.1, 3.7, 5e-4))]
+    reports = [{"step": s, "epoch": 1 + (s > 48), "clips": s + 4 * (s % 48 > 0), "epoch_end": s % 48 == 0,
+                "val_clips": 80 if s % 48 == 0 else 64, "val_loss": v}
+               for s, v in ((12, 4.4), (24, 4.2), (36, 4.1), (48, 4.0), (60, 3.9), (72, 3.85), (84, 3.8), (96, 3.7))]
+    run = tmp_path / "run"
+    run.mkdir()
+    RunMetrics(best_epoch=2, best_val_loss=3.7, history=epochs, reports=reports).write(run)
+    drawn, draw = [], artifacts.curve_figure
+
+    def spy(curve, title=""):  # what the artifact's figure is drawn from, and the figure itself
+        drawn.append((curve, draw(curve, title)))
+        return drawn[-1][1]
+
+    monkeypatch.setattr(artifacts, "curve_figure", spy)
+    trial = optuna.create_study(direction="minimize").ask()
+    TrialRecord(checkpoint=str(run), step_unit=CLIPS).write(trial)
+    artifacts.record_trial(trial, run, artifacts.open_store(tmp_path / "art"), log=pytest.fail)
+    (curve, fig), = drawn
+    assert curve.x_label == "train clips seen" and (run / "learning_curve.png").exists()
+    assert [s for s, _ in curve.val] == [12, 24, 36, 48, 60, 72, 84, 96]  # every report, inside epochs too
+    assert [s for s, _ in curve.inside] == [12, 24, 36, 60, 72, 84]
+    assert curve.train == [(48, 4.6), (96, 4.1)] and curve.lr == [(48, 1e-3), (96, 5e-4)]  # at the epochs' ends
+    assert curve.best == (96, 3.7)
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "train clips seen"
+    assert [list(line.get_xdata()) for line in ax.lines[:2]] == [[48, 96], [12, 24, 36, 48, 60, 72, 84, 96]]
+    per_epoch = artifacts.learning_curve(epochs)  # a trial that reported per epoch: no reports in metrics.json
+    assert per_epoch.x_label == "epoch" and per_epoch.val == [(1, 4.0), (2, 3.7)] and not per_epoch.inside
+    assert artifacts.curve_figure(per_epoch).axes[0].get_xlabel() == "epoch"
 
 
 def test_status_says_how_far_a_running_trial_is_in_its_own_unit():
