@@ -30,7 +30,7 @@ from .errors import UserError
 from .records import SEED, ConfirmConfig, ConfirmPlan, StudyRecord, TrialRecord, confirmation_name
 from .spec import StudySpec, parse
 from .storage import creation_lock, open_storage, parse_url, storage_errors
-from .study import FingerprintMismatch, Opened, anchor_trials, create, load, load_stored
+from .study import FingerprintMismatch, Opened, anchor_trials, create, load, load_stored, write_definition
 
 
 def select(study: optuna.Study, spec: StudySpec, top: int) -> list[ConfirmConfig]:
@@ -127,9 +127,19 @@ def ensure_confirmation(url: str, parent: Opened, spec: StudySpec, plan: Confirm
                 study = create(storage, spec, parent.fingerprint, f"confirmation of {parent.spec.name}",
                                spec.n_trials, note=False, confirm=plan.attr())
                 return Opened(study, spec, parent.fingerprint, True, False, url), _enqueue(study, plan, parent.spec)
+            _complete_a_killed_creation(storage, spec, parent, plan)
             study, stored = load(storage, spec.name, parent.fingerprint, f"study {spec.name!r} in {u.masked}")
             _refuse_another(study, stored, spec, plan, u.masked)
             return Opened(study, stored, parent.fingerprint, False, False, url), _enqueue(study, plan, parent.spec)
+
+
+def _complete_a_killed_creation(storage, spec: StudySpec, parent: Opened, plan: ConfirmPlan) -> None:
+    """A `confirm` killed between creating the study and storing its selection left a study with no selection
+    and no run: store this plan's definition there, as the creation would have."""
+    study = optuna.load_study(study_name=spec.name, storage=storage)
+    if StudyRecord.read(study).confirm is None and not study.get_trials(deepcopy=False):
+        write_definition(study, spec, parent.fingerprint, f"confirmation of {parent.spec.name}", spec.n_trials,
+                         note=False, confirm=plan.attr())
 
 
 def _refuse_another(study: optuna.Study, stored: StudySpec, spec: StudySpec, plan: ConfirmPlan, where: str) -> None:

@@ -162,6 +162,14 @@ def create(storage, spec: StudySpec, fingerprint: str, data_desc: str, budget: i
     """A new study holding the definition, the data's fingerprint and the budget (the caller holds the study
     lock). `record`: more StudyRecord fields; `note`: the dashboard's note on what the anchor is."""
     study = optuna.create_study(study_name=spec.name, storage=storage, directions=list(spec.directions))
+    write_definition(study, spec, fingerprint, data_desc, budget, note=note, **record)
+    return study
+
+
+def write_definition(study: optuna.Study, spec: StudySpec, fingerprint: str, data_desc: str, budget: int, *,
+                     note: bool = True, **record) -> None:
+    """Store a new study's definition (create's second half; also what completes a creation that was killed
+    before its attributes were all written)."""
     with warnings.catch_warnings():  # experimental in Optuna; silenced here only
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(list(spec.metrics))
@@ -173,7 +181,6 @@ def create(storage, spec: StudySpec, fingerprint: str, data_desc: str, budget: i
         from .artifacts import write_study_note
 
         write_study_note(study, spec)  # optuna-dashboard's study note: what the anchor is
-    return study
 
 
 def load(storage, name: str, fingerprint: str, where: str) -> tuple[optuna.Study, StudySpec]:

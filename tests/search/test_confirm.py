@@ -236,3 +236,29 @@ def test_only_a_confirmation_run_decodes_the_test_split(search_copy):
                               checkpoint_dir=home / "ck", artifact_dir=home / "art")
     assert run_worker(settings, log=lambda _m: None, evaluate=recording("tiny.confirm")).ran == 2
     assert asked == [("tiny", "val")] + [("tiny.confirm", "val"), ("tiny.confirm", "test")] * 2
+
+
+def test_a_confirm_killed_before_its_selection_was_stored_is_completed_when_run_again(tmp_path):
+    """The study was created and the process died before its attributes were all written (no selection, no
+    run): the next call stores the definition and enqueues every run, the one after it nothing."""
+    import tomllib
+
+    from search.confirm import confirmation_spec, ensure_confirmation
+    from search.records import ConfirmConfig, ConfirmPlan, StudyRecord
+    from search.spec import parse
+    from search.study import Opened
+    from search.tiny_study import TINY_ANCHOR
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    spec = parse(tomllib.loads(tiny_study_toml("tiny")), "tiny")
+    parent = Opened(optuna.create_study(study_name="tiny", storage=url), spec, "ab" * 32, False, False, url)
+    plan = ConfirmPlan("tiny", 1, (1, 2), (ConfirmConfig(3, False, {"dropout": 0.1, "lr": 1e-3}),
+                                           ConfirmConfig(0, True, dict(TINY_ANCHOR))))
+    cspec = confirmation_spec(spec, plan, 4, "cd" * 32)
+    half = optuna.create_study(study_name=cspec.name, storage=url)
+    half.set_user_attr("spec", cspec.raw)  # killed after the first attribute
+    opened, enqueued = ensure_confirmation(url, parent, cspec, plan)
+    assert not opened.created and enqueued == 4
+    record = StudyRecord.read(confirmation(url))
+    assert record.fingerprint == "ab" * 32 and record.confirm == plan.attr()
+    assert ensure_confirmation(url, parent, cspec, plan)[1] == 0 and len(confirmation(url).get_trials()) == 4
