@@ -180,6 +180,6 @@ def test_pretrain_command(corpus, tmp_path):
     assert res.exit_code == 0, res.output
     assert "linear interpolation" in res.stdout and (out / "encoder.pt").is_file() and (out / "metrics.json").is_file()
     res = runner.invoke(app, ["pretrain", "--data", str(corpus), "--out", str(out), "--set", "span_max=2"])
-    assert res.exit_code == 2 and "span_max 2 is below span_min 4" in res.stderr
+    assert res.exit_code == 2 and "--set: span_max must be >= span_min=4, got 2" in res.stderr
     res = runner.invoke(app, ["pretrain", "--data", str(corpus), "--out", str(out), "--set", "lr_typo=1"])
     assert res.exit_code == 2 and "lr_typo" in res.stderr
