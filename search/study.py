@@ -24,6 +24,7 @@ from .spec import NO_RESOURCE, RESOURCES, StudySpec, load_spec, parse
 from .storage import (
     RETRY_HISTORY,
     HyperbandPruner,
+    TrialBudget,
     creation_lock,
     open_storage,
     parse_url,
@@ -276,8 +277,10 @@ class BudgetGate:
     def __init__(self, opened: Opened):
         self.o = opened
         storage = study_storage(opened.study)
-        if hasattr(storage, "limit_new_trials"):
-            storage.limit_new_trials(STUDY_STORED_AS["budget"])
+        if not isinstance(storage, TrialBudget):  # load_stored's storage is one: open_storage(cache=True)
+            raise TypeError(f"BudgetGate needs a storage that is a search.storage.TrialBudget, got "
+                            f"{type(storage).__name__}")
+        storage.limit_new_trials(STUDY_STORED_AS["budget"])
 
     def budget(self) -> int:
         stored = StudyRecord.read(self.o.study).budget

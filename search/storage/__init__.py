@@ -5,7 +5,7 @@ In the manner of optuna.storages: the public names live here, the machinery in p
 * `open_storage(url)` is the one factory. It returns a `ReconnectingRDBStorage` (an RDBStorage whose
   calls wait out a lost database connection), or with `cache=True` that storage behind a
   `FleetCachedStorage` (reads that do not grow with the number of running trials); `FleetBackend` is
-  the contract between the two.
+  the contract between the two, and `TrialBudget` what both offer the budget gate.
 * `creation_lock(url, name)` is the study lock (creating a study, a worker joining); it never waits
   inside the database, so it works through any transaction-pooling pgbouncer, declared or not. Trials
   need no lock of ours: `limit_new_trials` makes Optuna's own trial creation refuse (`BudgetSpent`) a
@@ -53,14 +53,14 @@ __all__ = [
     "CACHE_SECONDS", "DEFAULT_URL", "ENV", "GRACE_PERIOD", "HEARTBEAT_INTERVAL", "MAX_RETRY", "POOLER_OPTION",
     "POOLER_PORT", "RECONNECT_SECONDS", "RETRY_HISTORY", "SQLITE_BUSY_TIMEOUT", "TESTED_OPTUNA", "BudgetSpent",
     "FleetBackend", "FleetCachedStorage", "HyperbandPruner", "ReconnectingRDBStorage", "StorageError",
-    "StorageURL", "cache_seconds", "creation_lock", "engine_kwargs", "finished_elsewhere", "heartbeat_settings",
+    "StorageURL", "TrialBudget", "cache_seconds", "creation_lock", "engine_kwargs", "finished_elsewhere", "heartbeat_settings",
     "is_disconnect", "mask_password", "open_storage", "parse_url", "reconnect_seconds", "reconnecting_methods",
     "resolve_url", "set_user_attrs", "storage_errors", "study_id_of", "study_storage", "trial_id_of",
 ]
 # Importing optuna takes a second: these load on first use, so that `h2s-search --help` and URL parsing
 # stay quick.
 _LAZY = {"ReconnectingRDBStorage": "_rdb", "BudgetSpent": "_rdb", "FleetCachedStorage": "_cache",
-         "FleetBackend": "_contract", "reconnecting_methods": "_retry",
+         "FleetBackend": "_contract", "TrialBudget": "_contract", "reconnecting_methods": "_retry",
          **{name: "_optuna" for name in ("RETRY_HISTORY", "TESTED_OPTUNA", "HyperbandPruner", "finished_elsewhere",
                                          "study_id_of", "study_storage", "trial_id_of")}}
 
