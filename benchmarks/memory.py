@@ -46,7 +46,7 @@ WORDS = [f"w{i}" for i in range(500)]  # both caches reach the whole word list, 
 def write_packed_split(root: Path, split: str, lengths: np.ndarray, seed: int) -> Path:
     """A split CSV plus its packed cache at the default location, as pack_split would leave them."""
     from how2sign.data import PackSummary, cache_candidates, compute_fingerprint, csv_path
-    from how2sign.data.cache import FEATURES_FILE, META_FILE, META_FORMAT, OFFSETS_FILE, _csv_stamp
+    from how2sign.data.cache import FEATURES_FILE, META_FILE, META_FORMAT, OFFSETS_FILE, csv_stamp
     from how2sign.features import DEFAULT_POINTS, FEATURE_VERSION
 
     rng = np.random.default_rng(seed)
@@ -85,7 +85,7 @@ def write_packed_split(root: Path, split: str, lengths: np.ndarray, seed: int) -
         "clips": {"names": names, "video_ids": [f"v{seed}"] * n, "sentences": sentences,
                   "fps": [24.0] * n, "rows": list(range(n))},
         "summary": PackSummary(split, "json", n, n, total).to_dict(), "created": "benchmark",
-        **_csv_stamp(csv_file), "root": str(root.resolve()), "csv": str(csv_file),
+        **csv_stamp(csv_file), "root": str(root.resolve()), "csv": str(csv_file),
     }  # fmt: skip
     (target / META_FILE).write_text(json.dumps(meta), encoding="utf-8")
     return target

@@ -7,7 +7,9 @@ In the manner of optuna.storages: the public names live here, the machinery in p
   `FleetCachedStorage` (reads that do not grow with the number of running trials); `FleetBackend` is
   the contract between the two, and `TrialBudget` what both offer the budget gate.
 * `creation_lock(url, name)` is the study lock (creating a study, a worker joining); it never waits
-  inside the database, so it works through any transaction-pooling pgbouncer, declared or not. Trials
+  inside the database, so it works through any transaction-pooling pgbouncer, declared or not
+  (`$H2S_BENCH_LOCK_IN_SERVER=1`, `LOCK_IN_SERVER_ENV`, restores the old wait in the server for
+  benchmarks/fleet.py's comparison only). Trials
   need no lock of ours: `limit_new_trials` makes Optuna's own trial creation refuse (`BudgetSpent`) a
   trial beyond the study's budget.
 * `storage_errors` turns database errors into our own one-line `StorageError`.
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 import warnings
 
-from ._lock import creation_lock
+from ._lock import LOCK_IN_SERVER_ENV, creation_lock
 from ._url import (
     CACHE_SECONDS,
     DEFAULT_URL,
@@ -50,7 +52,8 @@ from ._url import (
 )
 
 __all__ = [
-    "CACHE_SECONDS", "DEFAULT_URL", "ENV", "GRACE_PERIOD", "HEARTBEAT_INTERVAL", "MAX_RETRY", "POOLER_OPTION",
+    "CACHE_SECONDS", "DEFAULT_URL", "ENV", "GRACE_PERIOD", "HEARTBEAT_INTERVAL", "LOCK_IN_SERVER_ENV", "MAX_RETRY",
+    "POOLER_OPTION",
     "POOLER_PORT", "RECONNECT_SECONDS", "RETRY_HISTORY", "SQLITE_BUSY_TIMEOUT", "TESTED_OPTUNA", "BudgetSpent",
     "FleetBackend", "FleetCachedStorage", "HyperbandPruner", "ReconnectingRDBStorage", "StorageError",
     "StorageURL", "TrialBudget", "cache_seconds", "creation_lock", "engine_kwargs", "finished_elsewhere", "heartbeat_settings",
