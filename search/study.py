@@ -210,7 +210,8 @@ def load_stored(url: str | None, name: str, *, worker_index: int | None = 0, hea
         raise StudyNotFound(f"no study {name!r}: the database file {u.sqlite_file} does not exist; create the "
                             "study with h2s-search start")
     # Not under the study lock: the study must exist, so its tables do, and opening (Optuna's table and
-    # schema checks, some 20 statements) is then only reads; many workers joining at once open in parallel.
+    # schema checks; benchmarks/README.md, joins) is then only reads; many workers joining at once open in
+    # parallel.
     storage = open_storage(url, heartbeat=heartbeat, cache=True)
     with storage_errors(u):
         sid = _study_id(storage, name)

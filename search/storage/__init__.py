@@ -60,8 +60,8 @@ __all__ = [
     "is_disconnect", "mask_password", "open_storage", "parse_url", "reconnect_seconds", "reconnecting_methods",
     "resolve_url", "set_user_attrs", "storage_errors", "study_id_of", "study_storage", "trial_id_of",
 ]
-# Importing optuna takes a second: these load on first use, so that `h2s-search --help` and URL parsing
-# stay quick.
+# Importing optuna is slow next to the rest of a command's start: these load on first use, so that
+# `h2s-search --help` and URL parsing stay quick.
 _LAZY = {"ReconnectingRDBStorage": "_rdb", "BudgetSpent": "_rdb", "FleetCachedStorage": "_cache",
          "FleetBackend": "_contract", "TrialBudget": "_contract", "reconnecting_methods": "_retry",
          **{name: "_optuna" for name in ("RETRY_HISTORY", "TESTED_OPTUNA", "HyperbandPruner", "finished_elsewhere",
