@@ -206,7 +206,7 @@ def load_stored(url: str | None, name: str, *, worker_index: int | None = 0, hea
     url = resolve_url(url)
     u = parse_url(url)
     name = study_name(name)
-    if u.sqlite_file is not None and not u.sqlite_file.is_file():  # opening it would create an empty one
+    if u.missing_file:  # opening it would create an empty one
         raise StudyNotFound(f"no study {name!r}: the database file {u.sqlite_file} does not exist; create the "
                             "study with h2s-search start")
     # Not under the study lock: the study must exist, so its tables do, and opening (Optuna's table and
