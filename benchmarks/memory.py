@@ -123,6 +123,7 @@ def child(args: argparse.Namespace) -> None:
     from how2sign.batches import Batcher, TrainData
     from how2sign.config import TrainConfig
     from how2sign.train import train
+    from search.tiny_study import TINY_TRAIN
 
     torch.set_num_threads(1)
     root = Path(args.child)
@@ -131,8 +132,8 @@ def child(args: argparse.Namespace) -> None:
     report["loaded"] = status()
     # max_frames caps the model's sequence length (clips are still read whole, then subsampled), so the
     # attention activations stay small and alike in every batch and the peak is about the data path.
-    cfg = TrainConfig(d_model=32, nhead=4, encoder_layers=1, decoder_layers=1, dim_feedforward=64,
-                      batch_size=BATCH, epochs=1, patience=1, seed=0, max_frames=MAX_FRAMES)  # fmt: skip
+    cfg = TrainConfig(**{**TINY_TRAIN, "nhead": 4, "batch_size": BATCH, "epochs": 1, "patience": 1,
+                         "max_frames": MAX_FRAMES})  # the tiny study's model with 4 heads, as measured
     # The clips these steps read: the first STEPS batches of epoch 1's plan, as train() draws it.
     plan = Batcher(data.train, data.vocab, cfg).plan(np.arange(len(data.train)), shuffle=True,
                                                      rng=np.random.default_rng([cfg.seed, 1]))[: args.steps]

@@ -21,13 +21,15 @@ from how2sign.model import PoseEncoder
 from how2sign.pretrain import PretrainConfig, pretrain
 from how2sign.rules import ConfigError
 from search import pretrained
+from search.arms import ARM_NAMES as ARMS
 from search.cli import app
 from search.space import config_from_trial
 from search.spec import SpecError, load_spec, parse
+from search.tiny_study import TINY_TRAIN
 
 runner = CliRunner()
-ARMS = ("scratch", "pretrained-frozen", "random-frozen", "pretrained-finetuned")
-TINY_SHAPE = dict(d_model=32, nhead=4, encoder_layers=1, dim_feedforward=64)
+# The encoder of the tests' tiny model (tests/conftest.py: the tiny study's, with 4 heads).
+TINY_SHAPE = {**{k: TINY_TRAIN[k] for k in ("d_model", "encoder_layers", "dim_feedforward")}, "nhead": 4}
 SPACE = f"""
 encoder = {{ type = "categorical", choices = {list(ARMS)!r} }}
 decoder_nhead = {{ type = "categorical", choices = [2, 4] }}
