@@ -24,7 +24,7 @@ from _common import header, make_corpus, median, parse_args, run_main, say, verd
 from how2sign.batches import Batcher
 from how2sign.config import TrainConfig
 from how2sign.data import csv_path, detect_source, load_split, read_csv
-from how2sign.data.cache import _F16_MAX
+from how2sign.data.cache import F16_MAX
 from how2sign.data.release import read_clip
 from how2sign.features import DEFAULT_POINTS
 from how2sign.vocab import Vocab
@@ -43,7 +43,7 @@ def json_epoch(root: Path, split: str = "train") -> tuple[float, int, int]:
     for row in rows:
         res = read_clip(row, source=source, folder=folder, points=points)
         if res.reason is None:
-            f16 = np.clip(res.features, -_F16_MAX, _F16_MAX).astype(np.float16)
+            f16 = np.clip(res.features, -F16_MAX, F16_MAX).astype(np.float16)
             kept += 1
             frames += len(f16)
     return time.perf_counter() - t0, kept, frames

@@ -682,17 +682,11 @@ JOIN_VARIANTS = ("declared", "undeclared", "direct", "direct-blocking", "undecla
 
 def _join_child(url: str, go, out, blocking: bool) -> None:
     """One worker's join, when `go` is set: (pid, monotonic time when done, worker number, error)."""
-    import search.storage._lock as lock
-    from search.storage import study_storage
+    from search.storage import LOCK_IN_SERVER_ENV, study_storage
     from search.study import load_stored
 
-    if blocking:  # what the lock did before issue 17 when it was not told of a pooler
-        def wait_in_server(conn, key):
-            import sqlalchemy
-
-            conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
-
-        lock._poll = wait_in_server
+    if blocking:  # what the lock did before issue 17 when it was not told of a pooler (this process only)
+        os.environ[LOCK_IN_SERVER_ENV] = "1"
     go.wait()
     try:
         opened = load_stored(url, "fleet-bench", worker_index=None)

@@ -46,7 +46,7 @@ WORDS = [f"w{i}" for i in range(500)]  # both caches reach the whole word list, 
 def write_packed_split(root: Path, split: str, lengths: np.ndarray, seed: int) -> Path:
     """A split CSV plus its packed cache at the default location, as pack_split would leave them."""
     from how2sign.data import PackSummary, cache_candidates, compute_fingerprint, csv_path
-    from how2sign.data.cache import FEATURES_FILE, META_FILE, META_FORMAT, OFFSETS_FILE, _csv_stamp
+    from how2sign.data.cache import FEATURES_FILE, META_FILE, META_FORMAT, OFFSETS_FILE, csv_stamp
     from how2sign.features import DEFAULT_POINTS, FEATURE_VERSION
 
     rng = np.random.default_rng(seed)
@@ -85,7 +85,7 @@ def write_packed_split(root: Path, split: str, lengths: np.ndarray, seed: int) -
         "clips": {"names": names, "video_ids": [f"v{seed}"] * n, "sentences": sentences,
                   "fps": [24.0] * n, "rows": list(range(n))},
         "summary": PackSummary(split, "json", n, n, total).to_dict(), "created": "benchmark",
-        **_csv_stamp(csv_file), "root": str(root.resolve()), "csv": str(csv_file),
+        **csv_stamp(csv_file), "root": str(root.resolve()), "csv": str(csv_file),
     }  # fmt: skip
     (target / META_FILE).write_text(json.dumps(meta), encoding="utf-8")
     return target
@@ -123,6 +123,7 @@ def child(args: argparse.Namespace) -> None:
     from how2sign.batches import Batcher, TrainData
     from how2sign.config import TrainConfig
     from how2sign.train import train
+    from search.tiny_study import TINY_TRAIN
 
     torch.set_num_threads(1)
     root = Path(args.child)
@@ -131,8 +132,8 @@ def child(args: argparse.Namespace) -> None:
     report["loaded"] = status()
     # max_frames caps the model's sequence length (clips are still read whole, then subsampled), so the
     # attention activations stay small and alike in every batch and the peak is about the data path.
-    cfg = TrainConfig(d_model=32, nhead=4, encoder_layers=1, decoder_layers=1, dim_feedforward=64,
-                      batch_size=BATCH, epochs=1, patience=1, seed=0, max_frames=MAX_FRAMES)  # fmt: skip
+    cfg = TrainConfig(**{**TINY_TRAIN, "nhead": 4, "batch_size": BATCH, "epochs": 1, "patience": 1,
+                         "max_frames": MAX_FRAMES})  # the tiny study's model with 4 heads, as measured
     # The clips these steps read: the first STEPS batches of epoch 1's plan, as train() draws it.
     plan = Batcher(data.train, data.vocab, cfg).plan(np.arange(len(data.train)), shuffle=True,
                                                      rng=np.random.default_rng([cfg.seed, 1]))[: args.steps]

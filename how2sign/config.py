@@ -92,7 +92,7 @@ class TrainConfig(Settings):
         check_heads(self.d_model, self.nhead)
         check_lr(self.lr, self.lr_min)
         if self.decoder_nhead:  # 0: the decoder uses the encoder's head count
-            check_heads(self.d_model, self.decoder_nhead)
+            check_heads(self.d_model, self.decoder_nhead, "decoder_nhead")
 
     def phase(self, epoch: int) -> Phase:
         """Plan B (train_fraction < 1): epochs 1..epochs train on the subset, the rest fine-tune on all.

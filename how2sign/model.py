@@ -36,7 +36,8 @@ class ModelConfig(Settings):
 
     def check(self) -> None:
         check_heads(self.d_model, self.nhead)
-        check_heads(self.d_model, self.decoder_heads)
+        if self.decoder_nhead:  # 0: the decoder uses nhead, checked above
+            check_heads(self.d_model, self.decoder_nhead, "decoder_nhead")
 
     @property
     def decoder_heads(self) -> int:

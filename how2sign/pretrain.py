@@ -43,6 +43,7 @@ from .rules import (
     Settings,
     check_heads,
     check_lr,
+    check_order,
     setting,
 )
 
@@ -77,8 +78,7 @@ class PretrainConfig(Settings):
     def check(self) -> None:
         check_heads(self.d_model, self.nhead)
         check_lr(self.lr, self.lr_min)
-        if self.span_max < self.span_min:
-            raise ConfigError(f"span_max {self.span_max} is below span_min {self.span_min}")
+        check_order("span_min", self.span_min, "span_max", self.span_max)
 
     def model_config(self, input_dim: int) -> ModelConfig:
         # The encoder reads none of the decoder fields; they only need legal values.

@@ -14,6 +14,7 @@ Plain Python (no numpy, no torch): `features` (numpy only) and every config modu
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import numbers
@@ -81,18 +82,27 @@ ANY_TEXT = Rule(text=True)
 FLAG = Rule(choices=(False, True))
 
 
-def check_heads(d_model: int, nhead: int) -> None:
-    """d_model must split evenly over the attention heads."""
-    if d_model < 1 or nhead < 1 or d_model % nhead:
+# Rules across fields. Their errors read like a field's ("<key> must be ..., got <value>", naming the other
+# field's value), and `Settings.replace`/`from_dict` prefix them with where the values came from, as they do
+# a field's.
+def check_heads(d_model: int, heads: int, key: str = "nhead") -> None:
+    """d_model must split evenly over the attention heads; `key` is the field that holds `heads`."""
+    if d_model < 1 or heads < 1 or d_model % heads:
         legal = [h for h in ALLOWED_HEADS if d_model > 0 and d_model % h == 0]
-        hint = f"legal nhead for d_model={d_model}: {legal}" if legal else f"no allowed head count {ALLOWED_HEADS} divides it"
-        raise ConfigError(f"d_model={d_model} is not divisible by nhead={nhead} ({hint})")
+        hint = f"legal {key} for d_model={d_model}: {legal}" if legal else f"no allowed head count {ALLOWED_HEADS} divides it"
+        raise ConfigError(f"{key} must divide d_model={d_model} ({hint}), got {heads}")
 
 
 def check_lr(lr: float, lr_min: float) -> None:
-    """A schedule from lr down to lr_min."""
+    """A schedule from lr down to lr_min (each field's own rule keeps lr > 0 and lr_min >= 0)."""
     if lr_min > lr:
-        raise ConfigError(f"need 0 <= lr_min <= lr and lr > 0, got lr={lr}, lr_min={lr_min}")
+        raise ConfigError(f"lr_min must be <= lr={lr}, got {lr_min}")
+
+
+def check_order(low_key: str, low, high_key: str, high) -> None:
+    """A range given by two fields: `high_key` may not be below `low_key`."""
+    if high < low:
+        raise ConfigError(f"{high_key} must be >= {low_key}={low}, got {high}")
 
 
 def setting(default: Any = dataclasses.MISSING, rule: Rule = Rule()) -> Any:
@@ -144,12 +154,15 @@ class Settings:
     @classmethod
     def from_dict(cls, values: dict, where: str = "config"):
         """A config from a mapping (a file's table, a checkpoint's dict); each value is checked."""
-        return cls(**{key: cls.check_value(key, value, where) for key, value in values.items()})
+        checked = {key: cls.check_value(key, value, where) for key, value in values.items()}
+        with _across_fields(where):
+            return cls(**checked)
 
     def replace(self, values: dict, where: str = "config"):
         """A copy with `values` applied; each value is checked against the field's type and rule."""
         checked = {key: self.check_value(key, value, where) for key, value in values.items()}
-        return dataclasses.replace(self, **checked)
+        with _across_fields(where):
+            return dataclasses.replace(self, **checked)
 
     def with_sets(self, assignments: list[str], where: str = "--set"):
         """Apply `key=value` strings from the command line."""
@@ -167,6 +180,16 @@ class Settings:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+@contextlib.contextmanager
+def _across_fields(where: str):
+    """A rule across fields broken while building a config from checked values: the same "<where>: " as a
+    field's error."""
+    try:
+        yield
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _plain(typ):

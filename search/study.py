@@ -24,6 +24,7 @@ from .spec import NO_RESOURCE, RESOURCES, StudySpec, load_spec, parse
 from .storage import (
     RETRY_HISTORY,
     HyperbandPruner,
+    TrialBudget,
     creation_lock,
     open_storage,
     parse_url,
@@ -212,11 +213,12 @@ def load_stored(url: str | None, name: str, *, worker_index: int | None = 0, hea
     url = resolve_url(url)
     u = parse_url(url)
     name = study_name(name)
-    if u.sqlite_file is not None and not u.sqlite_file.is_file():  # opening it would create an empty one
+    if u.missing_file:  # opening it would create an empty one
         raise StudyNotFound(f"no study {name!r}: the database file {u.sqlite_file} does not exist; create the "
                             "study with h2s-search start")
     # Not under the study lock: the study must exist, so its tables do, and opening (Optuna's table and
-    # schema checks, some 20 statements) is then only reads; many workers joining at once open in parallel.
+    # schema checks; benchmarks/README.md, joins) is then only reads; many workers joining at once open in
+    # parallel.
     storage = open_storage(url, heartbeat=heartbeat, cache=True)
     with storage_errors(u):
         sid = _study_id(storage, name)
@@ -283,8 +285,10 @@ class BudgetGate:
     def __init__(self, opened: Opened):
         self.o = opened
         storage = study_storage(opened.study)
-        if hasattr(storage, "limit_new_trials"):
-            storage.limit_new_trials(STUDY_STORED_AS["budget"])
+        if not isinstance(storage, TrialBudget):  # load_stored's storage is one: open_storage(cache=True)
+            raise TypeError(f"BudgetGate needs a storage that is a search.storage.TrialBudget, got "
+                            f"{type(storage).__name__}")
+        storage.limit_new_trials(STUDY_STORED_AS["budget"])
 
     def budget(self) -> int:
         stored = StudyRecord.read(self.o.study).budget

@@ -1,7 +1,8 @@
 """The tiny study: the smallest real study file, for the tests, the benchmarks and smoke runs.
 
-Its model (`TINY_TRAIN`: d_model 32, 1+1 layers, feed-forward 64, batch 8) trains in about half a second
-per epoch on one CPU core on the tiny synthetic corpora the tests write. `tiny_study_toml` writes it in the
+Its model (`TINY_TRAIN`: d_model 32, 1+1 layers, feed-forward 64, batch 8) is small enough for the tests to
+train it for real on one CPU core, on the tiny synthetic corpora they write (its time per epoch:
+benchmarks/README.md). `tiny_study_toml` writes it in the
 shipped study-file format with the few things tests and benchmarks vary; everything else is the study
 file's own defaults, so the same parser that reads `studies/capacity.toml` reads it.
 

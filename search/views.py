@@ -48,9 +48,13 @@ def serve_dashboard(storage: str | None, host: str, port: int, artifacts: Path |
     """optuna-dashboard on our storage, with the artifact store the workers upload to."""
     from optuna_dashboard import run_server
 
-    from .storage import open_storage, parse_url, resolve_url
+    from .storage import StorageError, open_storage, parse_url, resolve_url
 
     url = resolve_url(storage)
+    u = parse_url(url)
+    if u.missing_file:  # opening it would create an empty database, and serve it
+        raise StorageError(f"no database at {u.masked}: the file {u.sqlite_file} does not exist; give the "
+                           "--storage the studies are in, or create one with h2s-search start")
     rdb = open_storage(url, heartbeat=False)
     kw = {}
     store = artifact_store(artifacts)
@@ -61,7 +65,7 @@ def serve_dashboard(storage: str | None, host: str, port: int, artifacts: Path |
         say(f"artifacts (learning curves, translations, metrics.json) from {artifact_root(artifacts)}")
     if host not in ("127.0.0.1", "localhost", "::1"):
         say(f"warning: optuna-dashboard has no authentication and is now reachable on {host}")
-    say(f"optuna-dashboard for {parse_url(url).masked} at http://{host}:{port}/ (Ctrl-C to stop)")
+    say(f"optuna-dashboard for {u.masked} at http://{host}:{port}/ (Ctrl-C to stop)")
     run_server(rdb, host=host, port=port, **kw)
 
 

@@ -31,7 +31,7 @@ from how2sign.features import DEFAULT_POINTS, FEATURE_VERSION, check_points
 
 META_FORMAT = 1
 FEATURES_FILE, OFFSETS_FILE, META_FILE = "features.f16", "offsets.npy", "meta.json"
-_F16_MAX = 65000.0  # just under float16's largest finite value
+F16_MAX = 65000.0  # just under float16's largest finite value: features are clipped to it when packed
 
 
 @dataclass
@@ -192,7 +192,9 @@ def default_cache_dir(root: str | Path, split: str, points: Sequence[int] = DEFA
     return local if _writable(local.parent) else home
 
 
-def _csv_stamp(path: Path) -> dict:
+def csv_stamp(path: Path) -> dict:
+    """The split CSV's mtime and size, as a cache's meta.json records them at pack time and `open_cache`
+    compares them (`stamp`): a changed CSV makes the cache stale."""
     st = path.stat()
     return {"csv_mtime_ns": st.st_mtime_ns, "csv_size": st.st_size}
 

@@ -1,10 +1,10 @@
 """OpenPose JSON clips read fast: exactly the ((T, 137, 3) float32, corrupt count) of the reference
-`release.read_json_clip`, for every input, several times faster per core.
+`release.read_json_clip`, for every input, faster per core (benchmarks/README.md, pack.py).
 
-The reference's time went to the standard json parser (~60 %: it builds 411 Python floats per frame),
-four `np.asarray` per frame (~10 %), opening files by full path and per-frame Python (benchmarks/README.md,
-pack.py --profile). Here each file is opened relative to its clip folder and read with one `os.read`, and
-then the first of these that vouches for the frame reads it:
+The reference's time went mostly to the standard json parser (it builds 411 Python floats per frame),
+then to four `np.asarray` per frame, opening files by full path and per-frame Python (the split:
+benchmarks/README.md, pack.py --profile). Here each file is opened relative to its clip folder and read
+with one `os.read`, and then the first of these that vouches for the frame reads it:
 
 1. **OpenPose's own layout, pysimdjson.** When the bytes, with number characters and whitespace taken
    out, are exactly OpenPose 1.3's one-person layout (`_LAYOUT`) and the four 3-D keys are there (so no

@@ -35,17 +35,17 @@ from pathlib import Path
 import numpy as np
 
 from how2sign.data.cache import (
-    _F16_MAX,
+    F16_MAX,
     FEATURES_FILE,
     META_FILE,
     META_FORMAT,
     OFFSETS_FILE,
     PackedSplit,
     PackSummary,
-    _csv_stamp,
     _publish,
     cache_candidates,
     compute_fingerprint,
+    csv_stamp,
     default_cache_dir,
     open_cache,
 )
@@ -91,7 +91,7 @@ def read_rows(rows: list[CsvRow], source: str, folder: Path, points: tuple[int, 
     out = []
     for row in rows:
         res = read_clip(row, source, folder, points, json_clip=READERS[reader])
-        f16 = None if res.features is None else np.clip(res.features, -_F16_MAX, _F16_MAX).astype(np.float16)
+        f16 = None if res.features is None else np.clip(res.features, -F16_MAX, F16_MAX).astype(np.float16)
         out.append((res.row, res.reason, res.corrupt_files, res.fps, f16))
     return out
 
@@ -279,7 +279,7 @@ def pack_split(root: str | Path, split: str, cache_dir: str | Path | None = None
         raise DataError(f"split CSV not found: {csv}")
     if json_reader not in READERS:
         raise ValueError(f"json_reader must be one of {sorted(READERS)}, got {json_reader!r}")
-    stamp = _csv_stamp(csv)
+    stamp = csv_stamp(csv)
     if not force:
         for c in [Path(cache_dir)] if cache_dir else cache_candidates(root, split, points):
             if (found := open_cache(c, stamp=stamp, points=points)) is not None:

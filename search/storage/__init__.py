@@ -5,9 +5,11 @@ In the manner of optuna.storages: the public names live here, the machinery in p
 * `open_storage(url)` is the one factory. It returns a `ReconnectingRDBStorage` (an RDBStorage whose
   calls wait out a lost database connection), or with `cache=True` that storage behind a
   `FleetCachedStorage` (reads that do not grow with the number of running trials); `FleetBackend` is
-  the contract between the two.
+  the contract between the two, and `TrialBudget` what both offer the budget gate.
 * `creation_lock(url, name)` is the study lock (creating a study, a worker joining); it never waits
-  inside the database, so it works through any transaction-pooling pgbouncer, declared or not. Trials
+  inside the database, so it works through any transaction-pooling pgbouncer, declared or not
+  (`$H2S_BENCH_LOCK_IN_SERVER=1`, `LOCK_IN_SERVER_ENV`, restores the old wait in the server for
+  benchmarks/fleet.py's comparison only). Trials
   need no lock of ours: `limit_new_trials` makes Optuna's own trial creation refuse (`BudgetSpent`) a
   trial beyond the study's budget.
 * `storage_errors` turns database errors into our own one-line `StorageError`.
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 import warnings
 
-from ._lock import creation_lock
+from ._lock import LOCK_IN_SERVER_ENV, creation_lock
 from ._url import (
     CACHE_SECONDS,
     DEFAULT_URL,
@@ -50,17 +52,19 @@ from ._url import (
 )
 
 __all__ = [
-    "CACHE_SECONDS", "DEFAULT_URL", "ENV", "GRACE_PERIOD", "HEARTBEAT_INTERVAL", "MAX_RETRY", "POOLER_OPTION",
+    "CACHE_SECONDS", "DEFAULT_URL", "ENV", "GRACE_PERIOD", "HEARTBEAT_INTERVAL", "LOCK_IN_SERVER_ENV", "MAX_RETRY",
+    "POOLER_OPTION",
     "POOLER_PORT", "RECONNECT_SECONDS", "RETRY_HISTORY", "SQLITE_BUSY_TIMEOUT", "TESTED_OPTUNA", "BudgetSpent",
     "FleetBackend", "FleetCachedStorage", "HyperbandPruner", "ReconnectingRDBStorage", "StorageError",
-    "StorageURL", "cache_seconds", "creation_lock", "engine_kwargs", "enqueued_params", "finished_elsewhere",
-    "heartbeat_settings", "is_disconnect", "mask_password", "open_storage", "parse_url", "reconnect_seconds",
-    "reconnecting_methods", "resolve_url", "set_user_attrs", "storage_errors", "study_id_of", "study_storage", "trial_id_of",
+    "StorageURL", "TrialBudget", "cache_seconds", "creation_lock", "engine_kwargs", "enqueued_params",
+    "finished_elsewhere", "heartbeat_settings", "is_disconnect", "mask_password", "open_storage", "parse_url",
+    "reconnect_seconds", "reconnecting_methods", "resolve_url", "set_user_attrs", "storage_errors", "study_id_of",
+    "study_storage", "trial_id_of",
 ]
-# Importing optuna takes a second: these load on first use, so that `h2s-search --help` and URL parsing
-# stay quick.
+# Importing optuna is slow next to the rest of a command's start: these load on first use, so that
+# `h2s-search --help` and URL parsing stay quick.
 _LAZY = {"ReconnectingRDBStorage": "_rdb", "BudgetSpent": "_rdb", "FleetCachedStorage": "_cache",
-         "FleetBackend": "_contract", "reconnecting_methods": "_retry",
+         "FleetBackend": "_contract", "TrialBudget": "_contract", "reconnecting_methods": "_retry",
          **{name: "_optuna" for name in ("RETRY_HISTORY", "TESTED_OPTUNA", "HyperbandPruner", "enqueued_params",
                                          "finished_elsewhere", "study_id_of", "study_storage", "trial_id_of")}}
 

@@ -23,7 +23,17 @@ class UserAttrsWriter(Protocol):
 
 
 @runtime_checkable
-class FleetBackend(UserAttrsWriter, Protocol):
+class TrialBudget(Protocol):
+    """A storage that refuses a new trial beyond the study's budget inside Optuna's own trial creation
+    (ReconnectingRDBStorage, and FleetCachedStorage through its backend); search.study.BudgetGate needs one."""
+
+    def limit_new_trials(self, budget_attr: str | None) -> None:
+        """Create a new trial only while the study's budget (its user attribute `budget_attr`) has room."""
+        ...
+
+
+@runtime_checkable
+class FleetBackend(UserAttrsWriter, TrialBudget, Protocol):
     """What FleetCachedStorage calls on its backend besides RDBStorage's own methods.
 
     The narrow read is what keeps a worker's reads flat as the fleet grows: `row_marks` once, at a full
@@ -49,8 +59,4 @@ class FleetBackend(UserAttrsWriter, Protocol):
     def add_trial_attrs(self, trial_id: int, attrs: dict[str, Any], *, user: bool) -> bool:
         """Add attributes the trial does not have yet in one statement, if it is RUNNING; False, with
         nothing written, when it is not running or already has one of the keys."""
-        ...
-
-    def limit_new_trials(self, budget_attr: str | None) -> None:
-        """Create a new trial only while the study's budget (its user attribute `budget_attr`) has room."""
         ...

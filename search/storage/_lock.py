@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import random
 import time
 from collections.abc import Iterator
@@ -30,7 +31,8 @@ def creation_lock(url: str | None, name: str, *, reconnect: bool = False) -> Ite
     PostgreSQL: a transaction-scoped advisory lock, held by keeping a transaction open on a connection of
     its own; unlike a session lock it works through a transaction-pooling pgbouncer, whose next
     transaction may run on another server connection. It is polled (`pg_try_advisory_xact_lock`), never
-    waited for in the server, pooler or not: see `_poll`. MySQL: GET_LOCK; SQLite: an flock on a file
+    waited for in the server, pooler or not: see `_poll` (and `wait_in_server`, kept for the benchmark's
+    comparison only). MySQL: GET_LOCK; SQLite: an flock on a file
     beside the database. Concurrent create_study and concurrent table creation both race without it. With
     `reconnect`, taking the lock waits out a lost database connection (a running worker), instead of
     failing at once (a command).
@@ -104,7 +106,7 @@ def _take(u: StorageURL, conn, key: int) -> None:
         if got != 1:
             raise StorageError(f"timed out waiting for the study lock on {u.masked}")
         return
-    _poll(conn, key)
+    (wait_in_server if os.environ.get(LOCK_IN_SERVER_ENV) == "1" else _poll)(conn, key)
 
 
 # Polling backoff: the first retry after about POLL_FIRST seconds, growing by half each time to POLL_MOST,
@@ -129,6 +131,20 @@ def _poll(conn, key: int) -> None:
         conn.rollback()
         time.sleep(pause * random.uniform(0.5, 1.5))
         pause = min(pause * 1.5, POLL_MOST)
+
+
+# Set to 1 in a process, its PostgreSQL study lock is waited for inside the server (`wait_in_server`), as
+# before issue 17. For benchmarks/fleet.py's "-blocking" join variants only, which measure what polling
+# replaced; behind a transaction pooler it deadlocks the fleet, so never set it for a real one.
+LOCK_IN_SERVER_ENV = "H2S_BENCH_LOCK_IN_SERVER"
+
+
+def wait_in_server(conn, key: int) -> None:
+    """Take the advisory lock by waiting for it inside the server (`pg_advisory_xact_lock`), holding a
+    server connection for the whole wait: the lock before issue 17, used only under LOCK_IN_SERVER_ENV."""
+    import sqlalchemy
+
+    conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
 
 
 def _release(u: StorageURL, conn, key: int) -> None:

@@ -278,9 +278,10 @@ class HyperbandPruner(optuna.pruners.HyperbandPruner):
     """Optuna's Hyperband, with each trial's bracket worked out once per study.
 
     At every rung decision Optuna works out the bracket of every trial in the study (a CRC of the study
-    name and the trial number) to pick the trials of one bracket: about 10 ms of Python per decision at
-    5,000 trials. A trial's bracket never changes once the brackets are set up, so it is remembered here;
-    the brackets and the decisions are Optuna's own.
+    name and the trial number) to pick the trials of one bracket, a cost that grows with the study
+    (benchmarks/README.md, fleet.py: Hyperband's Python at a rung, before and after). A trial's bracket
+    never changes once the brackets are set up, so it is remembered here; the brackets and the decisions
+    are Optuna's own.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -67,6 +67,11 @@ class StorageURL:
             return None
         return Path(path)
 
+    @property
+    def missing_file(self) -> bool:
+        """A SQLite file that does not exist: opening it would create an empty database."""
+        return self.sqlite_file is not None and not self.sqlite_file.is_file()
+
 
 def parse_url(url: str) -> StorageURL:
     scheme, sep, rest = url.partition("://")

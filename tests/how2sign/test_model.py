@@ -65,6 +65,16 @@ def test_indivisible_d_model_is_a_clear_error(d_model, nhead):
         TrainConfig(d_model=d_model, nhead=nhead)
 
 
+def test_an_indivisible_decoder_head_count_names_decoder_nhead():
+    from how2sign.model import ModelConfig
+
+    shape = dict(input_dim=12, vocab_size=20, d_model=32, nhead=4, encoder_layers=1, decoder_layers=1,
+                 dim_feedforward=64, dropout=0.0, max_frames=8, max_tokens=8)
+    for make in (lambda: TrainConfig(d_model=32, nhead=4, decoder_nhead=3), lambda: ModelConfig(**shape, decoder_nhead=3)):
+        with pytest.raises(ConfigError, match=r"^decoder_nhead must divide d_model=32 \(legal decoder_nhead for"):
+            make()
+
+
 def test_presets_from_the_notes():
     assert set(PRESETS) == {"v1", "v2", "v3", "v4", "v4-quick", "plan-b-small"}
     v4 = preset("V4")

@@ -29,9 +29,11 @@ from how2sign.reporting import (
 from how2sign.rules import ConfigError
 from how2sign.run_metrics import RunMetrics
 from how2sign.train import train
+from search.tiny_study import TINY_TRAIN
 
-TINY = dict(d_model=32, nhead=4, encoder_layers=1, decoder_layers=1, dim_feedforward=64, dropout=0.1, batch_size=8,
-            lr=1e-3, lr_min=1e-5, epochs=2, patience=10, aug_noise=0.01, aug_frame_dropout=0.1)  # RNG-heavy on purpose
+# The tests' tiny model (tests/conftest.py: the tiny study's, 4 heads), over 2 epochs, RNG-heavy on purpose.
+TINY = {**TINY_TRAIN, "nhead": 4, "dropout": 0.1, "lr": 1e-3, "epochs": 2, "patience": 10, "aug_noise": 0.01,
+        "aug_frame_dropout": 0.1}
 STEPS = [12, 24, 36, 48, 60, 72, 84, 96]          # the pruner's steps over two epochs
 CLIPS = [16, 24, 40, 48, 64, 72, 88, 96]          # train clips seen when each was measured
 ENDS = [False, False, False, True] * 2

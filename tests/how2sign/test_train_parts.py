@@ -57,8 +57,19 @@ def test_every_field_has_one_rule_and_check_value_applies_it():
         assert str(err.value).startswith("space.toml: ") and text in str(err.value), (key, str(err.value))
     with pytest.raises(ConfigError, match="lr must be a finite number > 0, got nan"):
         TrainConfig(lr=math.nan)
-    with pytest.raises(ConfigError, match="lr_min <= lr"):
+    with pytest.raises(ConfigError, match="lr_min must be <= lr"):
         TrainConfig(lr=1e-4, lr_min=1e-3)  # a rule across fields: the whole config checks it
+    # A rule across fields reads like a field's rule, with the same "<where>: " and the key it is about.
+    for values, text in [({"lr_min": 1.0}, "space.toml: lr_min must be <= lr=0.0001, got 1.0"),
+                         ({"d_model": 100, "nhead": 8}, "space.toml: nhead must divide d_model=100 (legal nhead"),
+                         ({"d_model": 32, "decoder_nhead": 3}, "space.toml: decoder_nhead must divide d_model=32 (legal "
+                                                               "decoder_nhead for d_model=32: [1, 2, 4, 8, 16]), got 3")]:
+        with pytest.raises(ConfigError) as err:
+            TrainConfig(lr=1e-4).replace(values, "space.toml")
+        assert str(err.value).startswith(text), str(err.value)
+        with pytest.raises(ConfigError) as err:
+            TrainConfig.from_dict({"lr": 1e-4, **values}, "space.toml")
+        assert str(err.value).startswith(text), str(err.value)
 
 
 def test_phase_is_the_plan_b_rule():

@@ -76,7 +76,7 @@ def test_bad_inputs_give_one_line_and_exit_2(corpus, tmp_path):
     assert_user_error(run("train", "--data", corpus, "--set", "colour=red"), "unknown TrainConfig key 'colour'")
     assert_user_error(run("train", "--data", corpus, "--set", "epochs=many"), "epochs must be int")
     assert_user_error(run("train", "--data", corpus, "--set", "d_model=100", "--set", "nhead=8"),
-                      "d_model=100 is not divisible by nhead=8")
+                      "--set: nhead must divide d_model=100", "got 8")
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": {}}, foreign)
     assert_user_error(run("evaluate", "--checkpoint", foreign, "--data", corpus), "not an h2s-search checkpoint")

@@ -163,3 +163,16 @@ def test_dashboard_command_wires_the_artifact_store_and_binds_loopback(served_st
     assert seen["artifact_store"]._base_path == (tmp_path / "art").resolve()
     assert any(str((tmp_path / "art").resolve()) in line for line in lines)
     assert not any("warning" in line for line in lines)
+
+
+def test_dashboard_on_a_missing_sqlite_file_is_one_line_and_creates_nothing(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from search.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    db = tmp_path / "typo.db"
+    res = CliRunner().invoke(app, ["dashboard", "--storage", f"sqlite:///{db}"])
+    assert res.exit_code == 2, res.output
+    assert len(res.stderr.strip().splitlines()) == 1 and "does not exist" in res.stderr and str(db) in res.stderr
+    assert list(tmp_path.iterdir()) == []  # no empty database, no artifact store

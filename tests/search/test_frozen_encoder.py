@@ -11,23 +11,31 @@ from pathlib import Path
 
 import optuna
 import pytest
+from decoding_reference import checkpoint_step_logit_difference, evaluate_with_full_recomputation
 from optuna.trial import FixedTrial, TrialState
 from typer.testing import CliRunner
 
+from how2sign import checkpoint
 from how2sign.batches import TrainData
 from how2sign.encoder_file import FeatureLayout, read_encoder, save_encoder
+from how2sign.evaluate import evaluate_checkpoint, load_model
 from how2sign.jobs import DataChoice
 from how2sign.model import PoseEncoder
 from how2sign.pretrain import PretrainConfig, pretrain
 from how2sign.rules import ConfigError
 from search import pretrained
+from search.arms import ARM_NAMES as ARMS
 from search.cli import app
+from search.records import TrialRecord
 from search.space import config_from_trial
 from search.spec import SpecError, load_spec, parse
+from search.study import create_or_load
+from search.tiny_study import TINY_TRAIN
+from search.worker import WorkerSettings, run_worker
 
 runner = CliRunner()
-ARMS = ("scratch", "pretrained-frozen", "random-frozen", "pretrained-finetuned")
-TINY_SHAPE = dict(d_model=32, nhead=4, encoder_layers=1, dim_feedforward=64)
+# The encoder of the tests' tiny model (tests/conftest.py: the tiny study's, with 4 heads).
+TINY_SHAPE = {**{k: TINY_TRAIN[k] for k in ("d_model", "encoder_layers", "dim_feedforward")}, "nhead": 4}
 SPACE = f"""
 encoder = {{ type = "categorical", choices = {list(ARMS)!r} }}
 decoder_nhead = {{ type = "categorical", choices = [2, 4] }}
@@ -155,6 +163,34 @@ def test_study_runs_every_arm_with_its_encoder(corpus, encoder_file, write_study
     assert len(s.get_trials()) == 4
 
 
+def test_a_frozen_encoder_trial_with_eight_decoder_heads_scores_the_same_as_full_recomputation(
+        corpus, encoder_file, write_study, tmp_path):
+    """A real study trial (the pretrained encoder frozen, the decoder with 8 heads where the encoder has 4):
+    `evaluate` on its best checkpoint, incremental decoding, gets the BLEU the trial recorded, and the
+    same hypotheses and BLEU as decoding by full recomputation."""
+    path = write_study("fe8", n_trials=1, epochs=2, space=SPACE.replace("[2, 4]", "[2, 4, 8]"), anchor=False)
+    path.write_text(f'encoder_init = "{encoder_file}"\n' + path.read_text())
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    opened = create_or_load(url, load_spec(str(path)), TrainData.load(corpus).fingerprint, str(corpus))
+    opened.study.enqueue_trial({"encoder": "pretrained-frozen", "decoder_nhead": 8, "lr": 3e-3})
+    run_worker(WorkerSettings(study="fe8", storage=url, data_root=corpus, device="cpu", checkpoint_dir=tmp_path / "ck",
+                              artifact_dir=tmp_path / "art"), log=lambda _m: None)
+    (trial,) = optuna.load_study(study_name="fe8", storage=url).get_trials()
+    record = TrialRecord.read(trial)
+    assert trial.state == TrialState.COMPLETE, record.fail_reason
+    best = Path(record.checkpoint) / checkpoint.BEST
+    model, _, state = load_model(best)
+    assert (model.cfg.nhead, model.cfg.decoder_heads) == (4, 8)
+    assert state["train_config"]["freeze_encoder"] and state["train_config"]["encoder_init"] == str(encoder_file)
+    incremental = evaluate_checkpoint(best, corpus, "val")
+    full = evaluate_with_full_recomputation(best, corpus)
+    assert incremental.hypotheses == full.hypotheses
+    assert incremental.bleu == full.bleu == record.bleu
+    assert [s["hypothesis"] for s in record.samples] == full.hypotheses[:5]
+    # The logits too, step by step: a tiny model's hypotheses may all be one word, blind to a mis-split cache.
+    assert checkpoint_step_logit_difference(best, corpus) < 1e-4
+
+
 def test_start_on_the_built_in_corpus_pretrains_once_then_reuses(corpus, monkeypatch):
     monkeypatch.setattr(pretrained, "DEMO_PRETRAIN_EPOCHS", 1)
     spec = parse({"name": "demo", "train": {**TINY_SHAPE, "decoder_layers": 1, "batch_size": 8},
@@ -180,6 +216,6 @@ def test_pretrain_command(corpus, tmp_path):
     assert res.exit_code == 0, res.output
     assert "linear interpolation" in res.stdout and (out / "encoder.pt").is_file() and (out / "metrics.json").is_file()
     res = runner.invoke(app, ["pretrain", "--data", str(corpus), "--out", str(out), "--set", "span_max=2"])
-    assert res.exit_code == 2 and "span_max 2 is below span_min 4" in res.stderr
+    assert res.exit_code == 2 and "--set: span_max must be >= span_min=4, got 2" in res.stderr
     res = runner.invoke(app, ["pretrain", "--data", str(corpus), "--out", str(out), "--set", "lr_typo=1"])
     assert res.exit_code == 2 and "lr_typo" in res.stderr

@@ -15,6 +15,7 @@ from optuna.trial import TrialState, create_trial
 
 import search.report as report
 from how2sign.run_metrics import RunMetrics
+from search.arms import ARM_NAMES
 from search.records import TrialRecord
 from search.report import (
     CONTROL_ARM,
@@ -35,7 +36,7 @@ from search.report import (
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 
-ARMS = ["scratch", "pretrained-frozen", "random-frozen", "pretrained-finetuned"]
+ARMS = list(ARM_NAMES)
 DISTS = {"encoder": CategoricalDistribution(ARMS), "lr": FloatDistribution(1e-5, 1e-2, log=True)}
 
 

@@ -171,6 +171,46 @@ def test_the_study_lock_excludes_through_transaction_pooling(pgb_db):
     assert order == ["first in", "first out", "second in"]
 
 
+def _lock_waits_in_server(pg_db) -> list[str]:
+    """While one thread holds the study lock, what a second taker's session shows in pg_stat_activity
+    (wait event type, query) for the advisory lock; then both are let through."""
+    held, release = threading.Event(), threading.Event()
+
+    def first():
+        with creation_lock(pg_db.url, "s"):
+            held.set()
+            release.wait(30)
+
+    def second():
+        held.wait(30)
+        with creation_lock(pg_db.url, "s"):
+            pass
+
+    a, b = threading.Thread(target=first), threading.Thread(target=second)
+    a.start()
+    b.start()
+    held.wait(30)
+    b.join(1.0)
+    seen = [f"{kind} {query}" for kind, query in pg_db.admin(
+        "SELECT wait_event_type, query FROM pg_stat_activity WHERE datname = %s AND query LIKE %s",
+        (pg_db.name, "%advisory_xact_lock%"))]
+    release.set()
+    a.join(30)
+    b.join(30)
+    assert not b.is_alive()
+    return seen
+
+
+def test_the_benchmarks_lock_waited_for_in_the_server_is_a_documented_switch(pg_db, monkeypatch):
+    """benchmarks/fleet.py's "-blocking" joins set LOCK_IN_SERVER_ENV: the waiter then blocks inside the
+    server, as before issue 17; by default it polls and holds no lock wait there."""
+    from search.storage import LOCK_IN_SERVER_ENV
+
+    assert not any(s.startswith("Lock ") for s in _lock_waits_in_server(pg_db))
+    monkeypatch.setenv(LOCK_IN_SERVER_ENV, "1")
+    assert any(s.startswith("Lock ") and "pg_advisory_xact_lock(" in s for s in _lock_waits_in_server(pg_db))
+
+
 # --------------------------------------------------------------------------- the cache
 def _replay(storage, pruner, study_name: str, n: int = 24, parallel: int = 6, steps: int = 9) -> list:
     """A recorded study, replayed: `parallel` trials at a time, each reporting a value per step and asking

@@ -82,6 +82,17 @@ def test_the_storage_refuses_a_new_trial_beyond_the_budget_but_not_a_queued_one(
     assert study.ask().number == 3
 
 
+def test_the_gate_needs_a_storage_that_limits_new_trials(opened):
+    """The exact budget check is not optional: a storage without it is refused, not silently skipped."""
+    from search.storage import TrialBudget, study_storage
+    from search.study import Opened
+
+    assert isinstance(study_storage(opened.study), TrialBudget)
+    plain = Opened(optuna.create_study(), opened.spec, "f" * 64, False, False, "sqlite://")
+    with pytest.raises(TypeError, match="TrialBudget, got InMemoryStorage"):
+        BudgetGate(plain)
+
+
 def test_the_anchor_is_recognised_from_its_record():
     study = optuna.create_study()
     study.enqueue_trial({"x": 1.0}, user_attrs=TrialRecord(anchor=True, anchor_name="v4").attrs())
