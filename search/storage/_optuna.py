@@ -14,6 +14,8 @@ of search/ (and benchmarks/) uses the public names given to them here:
 * `HyperbandPruner`: Optuna's Hyperband with each trial's bracket remembered;
 * `finished_elsewhere(exc)`: whether an exception out of `study.optimize` says that the trial was
   finished under us (by type where Optuna gives one; its message text only where it gives nothing else);
+* `incompatible_schema(exc)`: whether an exception is Optuna's refusal of tables another Optuna version set
+  up (a bare RuntimeError: its message text is all there is to recognise);
 * `RETRY_HISTORY`: the system attribute in which Optuna's retry callback lists the trials a retry stands in for.
 
 Importing this module checks the installed Optuna against TESTED_OPTUNA (pyproject.toml pins the same
@@ -39,7 +41,7 @@ from ._retry import RetryDepth, reconnecting
 
 __all__ = ["RETRY_HISTORY", "TESTED_OPTUNA", "TRIAL_COMPLETE", "TRIAL_START", "CachedStorageBase",
            "HyperbandPruner", "RDBStorageBase", "StudyInfo", "backend_of", "finished_elsewhere",
-           "frozen_trial_of", "models", "study_id_of", "study_storage", "trial_id_of", "version_note"]
+           "frozen_trial_of", "incompatible_schema", "models", "study_id_of", "study_storage", "trial_id_of", "version_note"]
 
 TESTED_OPTUNA = ((5, 0), (5, 1))  # the (major, minor) versions this module was tested with
 
@@ -109,6 +111,17 @@ def finished_elsewhere(exc: BaseException) -> bool:
     if isinstance(exc, ValueError):
         return str(exc).startswith("Cannot tell a ")
     return isinstance(exc, AssertionError) and str(exc).startswith("Should not reach")
+
+
+# Optuna's RDBStorage refuses, when it opens, tables whose schema another Optuna version set up: "The runtime
+# optuna version X is no longer compatible with the table schema (set up by optuna Y). Please ...".
+_SCHEMA_REFUSAL = "is no longer compatible with the table schema"
+
+
+def incompatible_schema(exc: BaseException) -> bool:
+    """Whether an exception out of opening an RDBStorage is Optuna's schema check refusing the database's
+    tables (set up by another Optuna version): a bare RuntimeError, told apart from any other by its text."""
+    return isinstance(exc, RuntimeError) and _SCHEMA_REFUSAL in str(exc)
 
 
 # --------------------------------------------------------------------------- the cached storage

@@ -349,6 +349,28 @@ def test_optunas_should_not_reach_after_a_trial_failed_under_us_is_recognised():
     assert not adapter.finished_elsewhere(AssertionError("x > 0"))
 
 
+@pytest.mark.parametrize("revision", ["older", "unknown"])
+def test_optunas_refusal_of_another_versions_tables_is_recognised(sqlite_url, revision):
+    """Optuna's schema check, when a storage opens on tables another Optuna set up (an older known revision:
+    "upgrade the storage"; an unknown one: "update optuna"), raises a bare RuntimeError that only its text
+    tells apart; no module but the adapter spells that text."""
+    import sqlalchemy
+
+    first = RDBStorage(sqlite_url)
+    older = first._version_manager.get_all_versions()[-1]  # the oldest revision this Optuna knows
+    with first.engine.begin() as conn:
+        conn.execute(sqlalchemy.text("UPDATE alembic_version SET version_num = :v"),
+                     {"v": older if revision == "older" else "h2s-no-such-revision"})
+    first.engine.dispose()
+    with pytest.raises(RuntimeError) as caught:
+        RDBStorage(sqlite_url)
+    assert adapter.incompatible_schema(caught.value), caught.value
+    assert not adapter.incompatible_schema(RuntimeError("something else")), caught.value
+    assert not adapter.incompatible_schema(ValueError(str(caught.value)))
+    spelled = [p for p in ROOT.glob("search/**/*.py") if adapter._SCHEMA_REFUSAL in p.read_text()]
+    assert spelled == [ROOT / "search" / "storage" / "_optuna.py"]
+
+
 # --------------------------------------------------------------------------- a smoke of our storage
 def test_our_storage_runs_a_pruned_study_and_pickles(sqlite_url):
     """What the contract is for, end to end on SQLite: the fleet cache's narrow reads and one-statement
