@@ -8,7 +8,8 @@ of search/ (and benchmarks/) uses the public names given to them here:
   re-read of a study's trials goes through;
 * `RDBStorageBase`: Optuna's `RDBStorage` with public hooks for the two private steps h2s-search changes
   (`check_new_trial`, `write_trial_attrs`), its ORM `models`, a `session()`, the stored time columns,
-  and the reconnect retry on the private methods Optuna's cached storage calls on its backend;
+  the reconnect retry on the private methods Optuna's cached storage calls on its backend, and Optuna's
+  schema check made without two connections at once (`check_schema`);
 * `trial_id_of`, `frozen_trial_of`, `study_storage`, `study_id_of`, `backend_of`: private attributes of
   Optuna's Study, Trial, FrozenTrial and cached storage;
 * `HyperbandPruner`: Optuna's Hyperband with each trial's bracket remembered;
@@ -214,9 +215,26 @@ class RDBStorageBase(RDBStorage):
 
     models = models
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, url: str, engine_kwargs: dict[str, Any] | None = None, skip_compatibility_check: bool = False,
+                 **kwargs: Any) -> None:
         self.retry_depth = RetryDepth()
-        super().__init__(*args, **kwargs)
+        super().__init__(url, engine_kwargs, True, **kwargs)
+        self.skip_compatibility_check = skip_compatibility_check
+        if not skip_compatibility_check:
+            self.check_schema()
+
+    def check_schema(self) -> None:
+        """Optuna's check that it can use the database's tables, without two connections at once where it can.
+
+        Optuna's own check reads the schema's revision on a second connection while a transaction on the
+        first is open: behind a transaction pooler each storage opening then holds two server connections at
+        once, and P storages opening together through P server connections would each hold one and wait for
+        another. Here the revision is read alone; only tables at another revision go on to Optuna's own check,
+        which refuses them in its own words (`incompatible_schema`).
+        """
+        manager = self._version_manager
+        if manager.get_current_version() != manager.get_head_version():
+            manager.check_table_schema_compatibility()
 
     def __getstate__(self) -> dict[Any, Any]:
         state = super().__getstate__()
