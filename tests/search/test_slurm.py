@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 
 from search.errors import UserError
 from search.slurm import SlurmRequest, active_tasks, check, time_minutes
-from search.slurm_job import ArrayTask, slurm_job_id, start_command
+from search.slurm_job import ArrayTask, slurm_job_id, slurm_restart_count, start_command
 
 STATES_UP = ("idle", "mixed", "allocated")
 
@@ -87,6 +87,9 @@ def test_the_job_id_is_slurms_own_notation():
     assert slurm_job_id({"SLURM_ARRAY_JOB_ID": "12", "SLURM_ARRAY_TASK_ID": "3", "SLURM_JOB_ID": "15"}) == "12_3"
     assert slurm_job_id({"SLURM_JOB_ID": "15"}) == "15"
     assert slurm_job_id({}) is None
+    assert slurm_restart_count({"SLURM_JOB_ID": "15", "SLURM_RESTART_COUNT": "2"}) == 2
+    assert slurm_restart_count({"SLURM_ARRAY_JOB_ID": "12", "SLURM_ARRAY_TASK_ID": "3"}) == 0  # its first run
+    assert slurm_restart_count({"SLURM_RESTART_COUNT": "2"}) is None  # not inside a job
 
 
 def test_a_cpu_task_runs_one_single_threaded_worker_per_cpu_and_no_gpu(tmp_path):
