@@ -76,6 +76,7 @@ class TrialRecord:
     device: str | None = UNSET
     host: str | None = UNSET
     slurm_job_id: str | None = UNSET  # "<array>_<task>" or "<job>" inside Slurm (search.slurm.slurm_job_id)
+    slurm_restart_count: int | None = UNSET  # inside Slurm: the job's re-queues so far (0 on its first run)
     seconds: float | None = UNSET
     frames_per_second: float | None = UNSET
     # where the time went; the four add up to `seconds`
@@ -86,6 +87,7 @@ class TrialRecord:
     # recovery
     resumed_from_epoch: int | None = UNSET
     fail_reason: str | None = UNSET
+    preempted_at: str | None = UNSET  # a preempted attempt: when the signal reached its worker (ISO 8601, UTC)
     # outputs
     checkpoint: str | None = UNSET
     # reproducibility

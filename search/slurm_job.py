@@ -5,8 +5,8 @@
 CUDA_VISIBLE_DEVICES), or one single-threaded CPU worker per CPU of the task. At Slurm's advance warning
 (SIGUSR2, `--warning-seconds` before the time limit, or at a preemption) submitit calls its `checkpoint`:
 start is told to stop (SIGTERM: its workers end their trials as preempted, back in the queue at once from
-their last checkpoint), and the task is re-queued to run start again. `slurm_job_id()` is what a worker
-records beside `host`. search/slurm.py submits and cancels the arrays.
+their last checkpoint), and the task is re-queued to run start again. `slurm_job_id()` and
+`slurm_restart_count()` are what a worker records beside `host`. search/slurm.py submits and cancels the arrays.
 """
 
 from __future__ import annotations
@@ -31,6 +31,18 @@ def slurm_job_id(env=None) -> str | None:
     if array and task:
         return f"{array}_{task}"
     return env.get("SLURM_JOB_ID") or None
+
+
+def slurm_restart_count(env=None) -> int | None:
+    """How many times Slurm re-queued this process's job so far (SLURM_RESTART_COUNT: 0 on its first run); None
+    outside Slurm. With slurm_job_id it tells a task's runs apart."""
+    env = os.environ if env is None else env
+    if not (env.get("SLURM_JOB_ID") or env.get("SLURM_ARRAY_JOB_ID")):
+        return None
+    try:
+        return int(env.get("SLURM_RESTART_COUNT") or 0)
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -98,7 +110,7 @@ class TaskRun:
             path = Path(tmp) / "study.toml"
             path.write_text(task.study_file)
             cmd, env = start_command(task, path, os.environ)
-            restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+            restarts = slurm_restart_count() or 0
             _say((f"(run {restarts + 1}, re-queued): " if restarts else "") + mask_password(shlex.join(cmd)))
             with open(Path(tmp) / "start.json", "w+") as out:
                 self._start = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=out, text=True)

@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import NoReturn
 
@@ -37,7 +38,7 @@ from .confirm import test_split
 from .paths import UnsafePath, inside
 from .pretrained import check_study_encoder
 from .records import CLIPS, UNSET, TrialRecord
-from .slurm_job import slurm_job_id
+from .slurm_job import slurm_job_id, slurm_restart_count
 from .space import config_from_trial
 from .storage import BudgetSpent, finished_elsewhere, heartbeat_settings, study_id_of, study_storage
 from .study import BudgetGate, FingerprintMismatch, Opened, build_pruner, load_stored
@@ -101,6 +102,7 @@ class StopFlag:
     def __init__(self):
         self.set = False
         self.signal = ""
+        self.at: str | None = None  # when the first signal came (ISO 8601, UTC): a preempted trial's preempted_at
 
     @property
     def preempted(self) -> bool:
@@ -121,6 +123,7 @@ class StopFlag:
             return
         self.set = True
         self.signal = signal.Signals(signum).name
+        self.at = datetime.now(UTC).isoformat(timespec="milliseconds")
 
     def __call__(self) -> bool:
         return self.set
@@ -224,10 +227,12 @@ class TrialRunner:
         stored = TrialRecord.read(trial)  # a heartbeat retry inherits the dead trial's attributes
         run = TrialRun(trial, inside(self.root, f"trial-{trial.number:05d}"), stored.checkpoint, clock)
         job = slurm_job_id()  # absent outside Slurm; a retry outside Slurm clears the one it inherited
+        runs = slurm_restart_count() if job else (None if stored.slurm_restart_count is not None else UNSET)
         TrialRecord(anchor=False if stored.anchor is None else UNSET, checkpoint=str(run.out), host=self.host,
-                    slurm_job_id=job or (None if stored.slurm_job_id else UNSET), device=describe(self.device),
-                    h2s_version=__version__, torch_version=str(torch.__version__),
-                    optuna_version=optuna.__version__, resumed_from_epoch=None, fail_reason=None).write(trial)
+                    slurm_job_id=job or (None if stored.slurm_job_id else UNSET), slurm_restart_count=runs,
+                    device=describe(self.device), h2s_version=__version__, torch_version=str(torch.__version__),
+                    optuna_version=optuna.__version__, resumed_from_epoch=None, fail_reason=None,
+                    preempted_at=None if stored.preempted_at else UNSET).write(trial)
         return run
 
     def config(self, run: TrialRun) -> TrainConfig:
@@ -348,7 +353,8 @@ class TrialRunner:
         """End the trial as FAIL, recording the reason, what training measured and where the time went;
         a preempted one is re-queued once Optuna has recorded it (`_run_one`)."""
         base = TrialRecord() if result is None else _result_record(result)
-        replace(base, fail_reason=reason, **run.clock.split()).write(run.trial)
+        at = getattr(self.stop, "at", None) if preempted else UNSET  # when the preempting signal came
+        replace(base, fail_reason=reason, preempted_at=at, **run.clock.split()).write(run.trial)
         if preempted:
             self.preempted = run.trial.number
             raise TrialPreempted(reason) from None

@@ -7,8 +7,9 @@ In the manner of optuna.storages: the public names live here, the machinery in p
   `FleetCachedStorage` (reads that do not grow with the number of running trials); `FleetBackend` is
   the contract between the two, and `TrialBudget` what both offer the budget gate.
 * `creation_lock(url, name)` is the study lock (creating a study, a worker joining); it never waits
-  inside the database, so it works through any transaction-pooling pgbouncer, declared or not
-  (`$H2S_BENCH_LOCK_IN_SERVER=1`, `LOCK_IN_SERVER_ENV`, restores the old wait in the server for
+  inside the database, so it works through any transaction-pooling pgbouncer, declared or not, that has
+  2 server connections for the database (its holder keeps one and works on another;
+  `$H2S_BENCH_LOCK_IN_SERVER=1`, `LOCK_IN_SERVER_ENV`, restores the old wait in the server for
   benchmarks/fleet.py's comparison only). Trials
   need no lock of ours: `limit_new_trials` makes Optuna's own trial creation refuse (`BudgetSpent`) a
   trial beyond the study's budget.

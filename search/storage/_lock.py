@@ -32,7 +32,10 @@ def creation_lock(url: str | None, name: str, *, reconnect: bool = False) -> Ite
     its own; unlike a session lock it works through a transaction-pooling pgbouncer, whose next
     transaction may run on another server connection. It is polled (`pg_try_advisory_xact_lock`), never
     waited for in the server, pooler or not: see `_poll` (and `wait_in_server`, kept for the benchmark's
-    comparison only). MySQL: GET_LOCK; SQLite: an flock on a file
+    comparison only). The holder thus keeps one server connection and
+    does its work (Optuna's storage, which commits) on another: behind a pooler with one server connection
+    that work waits until the pooler gives up, and that is said in one line naming the floor of 2 (3 in an
+    empty database: Optuna's first setup of its tables holds two connections at once). MySQL: GET_LOCK; SQLite: an flock on a file
     beside the database. Concurrent create_study and concurrent table creation both race without it. With
     `reconnect`, taking the lock waits out a lost database connection (a running worker), instead of
     failing at once (a command).
@@ -46,8 +49,32 @@ def creation_lock(url: str | None, name: str, *, reconnect: bool = False) -> Ite
     conn = _acquire(u, key, reconnect)
     try:
         yield
+    except Exception as exc:
+        if u.backend == "postgresql" and _pooler_starved(exc):
+            raise StorageError(f"{_POOLER_FLOOR} ({u.masked} said: {POOLER_WAIT_TIMEOUT})") from None
+        raise
     finally:
         _release(u, conn, key)
+
+
+# What pgbouncer says to a client it kept waiting for a server connection past its query_wait_timeout.
+POOLER_WAIT_TIMEOUT = "query_wait_timeout"
+_POOLER_FLOOR = ("the study lock's holder got no second server connection from the connection pooler: the lock keeps "
+                 "one (its open transaction is the lock) and the work done under it needs one more, so a "
+                 "transaction-pooling pgbouncer needs at least 2 server connections for this database "
+                 "(default_pool_size, max_db_connections; 3 for the first study in an empty database, while "
+                 "Optuna sets up its tables), one more for each other study created or joined at the same moment")
+
+
+def _pooler_starved(exc: BaseException) -> bool:
+    """Whether the work done under the lock failed because a pooler kept it waiting for a server connection
+    until it gave up: below the floor (see _POOLER_FLOOR) it never gets one, since the lock pins the only one."""
+    seen = 0
+    while exc is not None and seen < 4:
+        if POOLER_WAIT_TIMEOUT in str(getattr(exc, "orig", None) or exc):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 @contextlib.contextmanager

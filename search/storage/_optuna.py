@@ -8,12 +8,15 @@ of search/ (and benchmarks/) uses the public names given to them here:
   re-read of a study's trials goes through;
 * `RDBStorageBase`: Optuna's `RDBStorage` with public hooks for the two private steps h2s-search changes
   (`check_new_trial`, `write_trial_attrs`), its ORM `models`, a `session()`, the stored time columns,
-  and the reconnect retry on the private methods Optuna's cached storage calls on its backend;
+  the reconnect retry on the private methods Optuna's cached storage calls on its backend, and Optuna's
+  schema check made without two connections at once (`check_schema`);
 * `trial_id_of`, `frozen_trial_of`, `study_storage`, `study_id_of`, `backend_of`: private attributes of
   Optuna's Study, Trial, FrozenTrial and cached storage;
 * `HyperbandPruner`: Optuna's Hyperband with each trial's bracket remembered;
 * `finished_elsewhere(exc)`: whether an exception out of `study.optimize` says that the trial was
   finished under us (by type where Optuna gives one; its message text only where it gives nothing else);
+* `incompatible_schema(exc)`: whether an exception is Optuna's refusal of tables another Optuna version set
+  up (a bare RuntimeError: its message text is all there is to recognise);
 * `RETRY_HISTORY`: the system attribute in which Optuna's retry callback lists the trials a retry stands in for.
 
 Importing this module checks the installed Optuna against TESTED_OPTUNA (pyproject.toml pins the same
@@ -39,7 +42,7 @@ from ._retry import RetryDepth, reconnecting
 
 __all__ = ["RETRY_HISTORY", "TESTED_OPTUNA", "TRIAL_COMPLETE", "TRIAL_START", "CachedStorageBase",
            "HyperbandPruner", "RDBStorageBase", "StudyInfo", "backend_of", "finished_elsewhere",
-           "frozen_trial_of", "models", "study_id_of", "study_storage", "trial_id_of", "version_note"]
+           "frozen_trial_of", "incompatible_schema", "models", "study_id_of", "study_storage", "trial_id_of", "version_note"]
 
 TESTED_OPTUNA = ((5, 0), (5, 1))  # the (major, minor) versions this module was tested with
 
@@ -116,6 +119,17 @@ def finished_elsewhere(exc: BaseException) -> bool:
     if isinstance(exc, ValueError):
         return str(exc).startswith("Cannot tell a ")
     return isinstance(exc, AssertionError) and str(exc).startswith("Should not reach")
+
+
+# Optuna's RDBStorage refuses, when it opens, tables whose schema another Optuna version set up: "The runtime
+# optuna version X is no longer compatible with the table schema (set up by optuna Y). Please ...".
+_SCHEMA_REFUSAL = "is no longer compatible with the table schema"
+
+
+def incompatible_schema(exc: BaseException) -> bool:
+    """Whether an exception out of opening an RDBStorage is Optuna's schema check refusing the database's
+    tables (set up by another Optuna version): a bare RuntimeError, told apart from any other by its text."""
+    return isinstance(exc, RuntimeError) and _SCHEMA_REFUSAL in str(exc)
 
 
 # --------------------------------------------------------------------------- the cached storage
@@ -208,9 +222,26 @@ class RDBStorageBase(RDBStorage):
 
     models = models
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, url: str, engine_kwargs: dict[str, Any] | None = None, skip_compatibility_check: bool = False,
+                 **kwargs: Any) -> None:
         self.retry_depth = RetryDepth()
-        super().__init__(*args, **kwargs)
+        super().__init__(url, engine_kwargs, True, **kwargs)
+        self.skip_compatibility_check = skip_compatibility_check
+        if not skip_compatibility_check:
+            self.check_schema()
+
+    def check_schema(self) -> None:
+        """Optuna's check that it can use the database's tables, without two connections at once where it can.
+
+        Optuna's own check reads the schema's revision on a second connection while a transaction on the
+        first is open: behind a transaction pooler each storage opening then holds two server connections at
+        once, and P storages opening together through P server connections would each hold one and wait for
+        another. Here the revision is read alone; only tables at another revision go on to Optuna's own check,
+        which refuses them in its own words (`incompatible_schema`).
+        """
+        manager = self._version_manager
+        if manager.get_current_version() != manager.get_head_version():
+            manager.check_table_schema_compatibility()
 
     def __getstate__(self) -> dict[Any, Any]:
         state = super().__getstate__()

@@ -162,7 +162,7 @@ def engine_kwargs(u: StorageURL) -> dict:
 
 @contextlib.contextmanager
 def storage_errors(u: StorageURL) -> Iterator[None]:
-    """Database and driver errors become one masked line."""
+    """Database and driver errors, and Optuna's refusal of the database's tables, become one masked line."""
     import sqlalchemy.exc
 
     try:
@@ -178,18 +178,35 @@ def storage_errors(u: StorageURL) -> Iterator[None]:
         raise StorageError(f"no database driver for {u.masked}; pip install "
                            "'h2s-search[postgres]' or 'h2s-search[mysql]'") from None
     except Exception as exc:
-        # Optuna wraps what the database said in StorageInternalError (its schema check at connection, a
-        # failed commit): a lost connection reads as one, anything else names the database's own words.
-        from optuna.exceptions import StorageInternalError
-
-        if _driver_disconnect(exc):  # the driver's own, where SQLAlchemy let it through unwrapped
-            raise StorageError(f"cannot reach the database at {u.masked}: {_reason(exc)}") from None
-        if not isinstance(exc, StorageInternalError):
+        said = _database_said(u, exc)
+        if said is None:
             raise
-        cause = exc.__cause__ or exc
-        if is_disconnect(exc):
-            raise StorageError(f"cannot reach the database at {u.masked}: {_reason(cause)}") from None
-        raise StorageError(f"the database at {u.masked} refused a storage call: {_reason(cause)}") from None
+        raise said from None
+
+
+def _database_said(u: StorageURL, exc: BaseException) -> StorageError | None:
+    """What the database, its driver or Optuna's check of its tables said, as one line; None for an error of
+    another kind (a bug of ours is left alone).
+
+    Optuna wraps what the database said inside its own sessions in StorageInternalError (a failed commit);
+    outside them (creating the tables, alembic's version table) SQLAlchemy's DBAPIError comes through as it
+    is, and a driver's own error where SQLAlchemy let it through unwrapped. Optuna's schema check refuses
+    tables set up by another Optuna with a bare RuntimeError, recognised by the adapter.
+    """
+    import sqlalchemy.exc
+    from optuna.exceptions import StorageInternalError
+
+    from ._optuna import incompatible_schema
+
+    cause = exc.__cause__ or exc if isinstance(exc, StorageInternalError) else exc
+    if _driver_disconnect(exc) or (isinstance(exc, (StorageInternalError, sqlalchemy.exc.DBAPIError))
+                                   and is_disconnect(exc)) or isinstance(exc, sqlalchemy.exc.TimeoutError):
+        return StorageError(f"cannot reach the database at {u.masked}: {_reason(cause)}")
+    if isinstance(exc, (StorageInternalError, sqlalchemy.exc.DBAPIError)):
+        return StorageError(f"the database at {u.masked} refused a storage call: {_reason(cause)}")
+    if incompatible_schema(exc):
+        return StorageError(f"cannot use the Optuna tables at {u.masked}: {_reason(exc)}")
+    return None
 
 
 def _reason(exc: BaseException) -> str:

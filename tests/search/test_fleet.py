@@ -453,6 +453,7 @@ def running_epochs(db, number: int) -> int:
 
 
 POOLER_CAP = 6  # server connections the small pooler below opens to the database, at most
+POOLER_FLOOR = 2  # the fewest a fleet needs: the study lock's holder keeps one and works on another
 
 
 def _free_port() -> int:
@@ -465,51 +466,59 @@ def _free_port() -> int:
 
 @pytest.fixture
 def small_pooler(pg_db):
-    """pg_db behind a pgbouncer of this test's own (.ci/pgbouncer): transaction pooling on a free port that
-    is not 6432, at most POOLER_CAP server connections to the database, and clients dropped after 60 s
-    in its queue (a fleet deadlocked behind it then fails in a minute, not in pgbouncer's default 2).
-    Stopped afterwards. `url` has no h2s_pooler option: h2s-search is not told a pooler is there."""
+    """pg_db behind pgbouncers of this test's own (.ci/pgbouncer): `small_pooler(cap, wait)` starts one in
+    transaction pooling on a free port that is not 6432, at most `cap` server connections to the database,
+    and clients dropped after `wait` s in its queue (a fleet deadlocked behind it then fails in a minute, not
+    in pgbouncer's default 2), and returns the database through it. Stopped afterwards. Its `url` has no
+    h2s_pooler option: h2s-search is not told a pooler is there."""
     script = Path(__file__).resolve().parents[2] / ".ci" / "pgbouncer"
     if not (shutil.which("pgbouncer") or Path("/usr/sbin/pgbouncer").exists()):
         pytest.skip("pgbouncer is not installed")
-    port = _free_port()
-    env = {**os.environ, "PGBOUNCER_PORT": str(port), "PGBOUNCER_POOL_SIZE": str(POOLER_CAP),
-           "PGBOUNCER_MAX_DB_CONNECTIONS": str(POOLER_CAP), "PGBOUNCER_QUERY_WAIT_TIMEOUT": "60"}
-    res = subprocess.run([str(script)], env=env, capture_output=True, text=True, timeout=60)
-    assert res.returncode == 0, res.stderr
-    folder = Path(res.stdout.strip().splitlines()[-1])
-    pid = int((folder / "pgbouncer.pid").read_text())
     from conftest import Database
 
+    started: list[tuple[int, Path]] = []
+
+    def start(cap: int = POOLER_CAP, wait: int = 60):
+        port = _free_port()
+        env = {**os.environ, "PGBOUNCER_PORT": str(port), "PGBOUNCER_POOL_SIZE": str(cap),
+               "PGBOUNCER_MAX_DB_CONNECTIONS": str(cap), "PGBOUNCER_QUERY_WAIT_TIMEOUT": str(wait)}
+        res = subprocess.run([str(script)], env=env, capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        folder = Path(res.stdout.strip().splitlines()[-1])
+        started.append((int((folder / "pgbouncer.pid").read_text()), folder))
+        return Database(f"postgresql://postgres@127.0.0.1:{port}/{pg_db.name}", pg_db.name, "postgresql")
+
     try:
-        yield Database(f"postgresql://postgres@127.0.0.1:{port}/{pg_db.name}", pg_db.name, "postgresql")
+        yield start
     finally:
-        os.kill(pid, signal.SIGTERM)
-        wait_until(lambda: not _alive(pid), 30, "the test's pgbouncer to stop")
-        shutil.rmtree(folder, ignore_errors=True)
+        for pid, folder in started:
+            os.kill(pid, signal.SIGTERM)
+            wait_until(lambda pid=pid: not _alive(pid), 30, "the test's pgbouncer to stop")
+            shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_twelve_workers_starting_at_once_behind_an_undeclared_small_pooler_finish_exactly_n(
-        small_pooler, new_machine, fleet_study, tmp_path):
-    """Issue 17: twelve workers join at the same instant through a pooler on a non-default port, capped at
-    6 server connections, that the URL does not declare. None may wait for the study lock on a server
-    connection the lock's holder needs: every worker exits 0, the budget is exact, no log has a traceback."""
+def join_at_once(db, n: int, workers: int, cap: int, new_machine, fleet_study, tmp_path) -> str:
+    """`workers` workers join a study of `n` one-epoch trials at the same instant through `db`, a pooler of at
+    most `cap` server connections that the URL does not declare. None may wait for the study lock on a server
+    connection the lock's holder needs: every worker exits 0, the budget is exact, no log has a traceback, and
+    the server never sees more than `cap` connections. Returns what it saw, in one line."""
     from search.storage import parse_url
 
-    db, n, workers = small_pooler, 12, 12
     assert not parse_url(db.url).pooler  # undeclared: the safety cannot come from knowing it is there
     study = fleet_study(n_trials=n, epochs=1)
     create(new_machine("creator"), db, study)
-    # 12 processes on a small machine starve heartbeat threads: a grace period that load cannot outlast.
+    # Many processes on a small machine starve heartbeat threads: a grace period that load cannot outlast.
     slow = {"H2S_HEARTBEAT_INTERVAL": "2", "H2S_GRACE_PERIOD": "60"}
     machines = [new_machine(f"m{i}", **slow) for i in range(workers)]
     go = tmp_path / "go"
+    t0 = 0.0
     with ConnectionWatch(db) as watch:
         procs = [m.spawn_python(["-c", RACER, str(m.dir / "ready"), str(go), "worker", "--study", "fleet",
                                  "--storage", db.url, "--data", str(m.data), "--device", "cpu"], tag="worker")
                  for m in machines]
-        wait_until(lambda: all((m.dir / "ready").exists() for m in machines), 180, "12 workers to import")
-        go.touch()  # all twelve join at the same instant
+        wait_until(lambda: all((m.dir / "ready").exists() for m in machines), 180, f"{workers} workers to import")
+        go.touch()  # all of them join at the same instant
+        t0 = time.monotonic()
         rcs = [p.wait(600) for p in procs]
     logs = [p.output() for p in procs]
     assert rcs == [0] * workers, [log for p, log in zip(procs, logs, strict=True) if p.popen.returncode]
@@ -517,12 +526,45 @@ def test_twelve_workers_starting_at_once_behind_an_undeclared_small_pooler_finis
     trials, _, _ = snapshot(db)
     assert_exact(trials, n)
     assert len(trials) == n and sum(ran(p) for p in procs) == n
-    # 12 processes (each a pool of 2 + 2 and a lock connection, as for a direct connection) share at most
-    # POOLER_CAP server connections.
-    assert watch.samples > 5 and 0 < watch.peak <= POOLER_CAP
-    print(f"\n[undeclared pooler] {n} trials by {workers} workers joining at once through pgbouncer on port "
-          f"{db.url.split(':')[2].split('/')[0]} (max_db_connections {POOLER_CAP}); peak server connections "
-          f"{watch.peak} over {watch.samples} samples; ran {[ran(p) for p in procs]}")
+    # each process (a pool of 2 + 2 and a lock connection, as for a direct connection) shares at most cap
+    assert watch.samples > 5 and 0 < watch.peak <= cap
+    return (f"{n} trials by {workers} workers joining at once through pgbouncer on port "
+            f"{db.url.split(':')[2].split('/')[0]} (max_db_connections {cap}) in {time.monotonic() - t0:.0f}s; "
+            f"peak server connections {watch.peak} over {watch.samples} samples; ran {[ran(p) for p in procs]}")
+
+
+def test_twelve_workers_starting_at_once_behind_an_undeclared_small_pooler_finish_exactly_n(
+        small_pooler, new_machine, fleet_study, tmp_path):
+    """Issue 17: twelve workers join at the same instant through a pooler on a non-default port, capped at
+    6 server connections, that the URL does not declare."""
+    seen = join_at_once(small_pooler(POOLER_CAP), 12, 12, POOLER_CAP, new_machine, fleet_study, tmp_path)
+    print(f"\n[undeclared pooler] {seen}")
+
+
+def test_six_workers_behind_a_pooler_at_the_floor_of_two_server_connections_finish_exactly_n(
+        pg_db, small_pooler, new_machine, fleet_study, tmp_path):
+    """The floor: the study lock's holder keeps one server connection (its open transaction is the lock) and
+    does its work on one more; waiters hold none between polls. With exactly 2, `start` creates the study
+    and six workers joining at once (each joins under the lock) all finish, the budget exact. Optuna's first
+    setup of its tables in an empty database holds two connections at once (3 with the lock's): done once
+    beforehand, directly."""
+    from search.storage import open_storage
+
+    open_storage(pg_db.url, heartbeat=False).engine.dispose()
+    seen = join_at_once(small_pooler(POOLER_FLOOR), 6, 6, POOLER_FLOOR, new_machine, fleet_study, tmp_path)
+    print(f"\n[pooler at the floor] {seen}")
+
+
+def test_below_the_floor_the_study_lock_says_so_in_one_line(small_pooler, new_machine, fleet_study):
+    """With one server connection the lock's holder can never do its work (the lock pins the only one): once
+    the pooler gives up on it, creating the study fails in one line that names the floor, exit 2."""
+    db = small_pooler(1, wait=3)
+    m = new_machine("creator")
+    res = m.cli("start", "--study", fleet_study(n_trials=1, epochs=1), "--storage", db.url, "--data", m.data,
+                "--workers", 0, check=False)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and "Traceback" not in res.stderr, res.stdout + res.stderr
+    assert "at least 2 server connections" in lines[0] and "query_wait_timeout" in lines[0], lines[0]
 
 
 def _children(pid: int) -> list[int]:

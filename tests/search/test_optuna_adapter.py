@@ -154,6 +154,55 @@ def test_rdb_storage_private_steps_have_the_signatures_overridden():
                                                ("ignore_integrity_error", False)]
 
 
+@pytest.fixture
+def most_connections_at_once():
+    """Counts the connections checked out of every SQLAlchemy pool at once; `()` gives the peak and resets."""
+    import sqlalchemy
+    from sqlalchemy.pool import Pool
+
+    now, peak = [0], [0]
+
+    def out(*_):
+        now[0] += 1
+        peak[0] = max(peak[0], now[0])
+
+    def back(*_):
+        now[0] -= 1
+
+    sqlalchemy.event.listen(Pool, "checkout", out)
+    sqlalchemy.event.listen(Pool, "checkin", back)
+
+    def read() -> int:
+        most, peak[0] = peak[0], now[0]
+        return most
+
+    yield read
+    sqlalchemy.event.remove(Pool, "checkout", out)
+    sqlalchemy.event.remove(Pool, "checkin", back)
+
+
+def test_opening_set_up_tables_holds_one_connection_at_a_time_where_optunas_check_holds_two(
+        sqlite_url, most_connections_at_once):
+    """Optuna's schema check reads the revision on a second connection inside a transaction on the first (behind
+    a transaction pooler: two server connections at once per storage opening); `check_schema` reads it alone
+    and leaves only tables at another revision to Optuna's check. Setting up an empty database's tables still
+    holds two (Optuna's alembic setup), once."""
+    assert [n for n, _ in _params(RDBStorage.__init__)][:4] == ["self", "url", "engine_kwargs",
+                                                                 "skip_compatibility_check"]
+    manager = RDBStorage(sqlite_url)._version_manager
+    for name in ("get_current_version", "get_head_version", "check_table_schema_compatibility"):
+        assert callable(getattr(manager, name)), name
+    manager.engine.dispose()
+    most_connections_at_once()
+    plain = RDBStorage(sqlite_url)
+    assert most_connections_at_once() == 2
+    ours = open_storage(sqlite_url, heartbeat=False)
+    assert most_connections_at_once() == 1
+    assert not ours.skip_compatibility_check
+    for s in (plain, ours):
+        s.engine.dispose()
+
+
 def test_every_storage_call_retries_a_lost_connection_with_optunas_signature():
     from search.storage import FleetBackend, ReconnectingRDBStorage
 
@@ -359,6 +408,28 @@ def test_optunas_should_not_reach_after_a_trial_failed_under_us_is_recognised():
     assert adapter.finished_elsewhere(caught.value.__context__)
     assert adapter.finished_elsewhere(caught.value)
     assert not adapter.finished_elsewhere(AssertionError("x > 0"))
+
+
+@pytest.mark.parametrize("revision", ["older", "unknown"])
+def test_optunas_refusal_of_another_versions_tables_is_recognised(sqlite_url, revision):
+    """Optuna's schema check, when a storage opens on tables another Optuna set up (an older known revision:
+    "upgrade the storage"; an unknown one: "update optuna"), raises a bare RuntimeError that only its text
+    tells apart; no module but the adapter spells that text."""
+    import sqlalchemy
+
+    first = RDBStorage(sqlite_url)
+    older = first._version_manager.get_all_versions()[-1]  # the oldest revision this Optuna knows
+    with first.engine.begin() as conn:
+        conn.execute(sqlalchemy.text("UPDATE alembic_version SET version_num = :v"),
+                     {"v": older if revision == "older" else "h2s-no-such-revision"})
+    first.engine.dispose()
+    with pytest.raises(RuntimeError) as caught:
+        RDBStorage(sqlite_url)
+    assert adapter.incompatible_schema(caught.value), caught.value
+    assert not adapter.incompatible_schema(RuntimeError("something else")), caught.value
+    assert not adapter.incompatible_schema(ValueError(str(caught.value)))
+    spelled = [p for p in ROOT.glob("search/**/*.py") if adapter._SCHEMA_REFUSAL in p.read_text()]
+    assert spelled == [ROOT / "search" / "storage" / "_optuna.py"]
 
 
 # --------------------------------------------------------------------------- a smoke of our storage

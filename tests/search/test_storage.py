@@ -511,3 +511,73 @@ def test_a_drivers_own_connection_error_that_sqlalchemy_let_through_is_one_line(
     assert "\n" not in str(caught.value) and "secret" not in str(caught.value)
     with pytest.raises(ValueError), storage_errors(u):  # not the database's: left alone
         raise ValueError("a bug of ours")
+
+
+def test_database_errors_outside_optunas_sessions_are_one_line_and_bugs_are_left_alone():
+    """SQLAlchemy's DBAPIError where Optuna does not wrap it (creating the tables, alembic's version table), a
+    connection the pool could not get in time, and Optuna's schema refusal are one line; nothing else is."""
+    import sqlalchemy.exc
+
+    from search.storage import storage_errors
+
+    u = parse_url("postgresql://u:secret@db.example/x")
+    denied = sqlalchemy.exc.ProgrammingError("CREATE TABLE studies ...", {}, Exception(
+        "permission denied for schema public\nLINE 1: CREATE TABLE studies"))
+    lost = sqlalchemy.exc.DatabaseError("SELECT 1", {}, Exception("server closed the connection"),
+                                        connection_invalidated=True)
+    pool = sqlalchemy.exc.TimeoutError("QueuePool limit of size 1 overflow 1 reached, connection timed out")
+    schema = RuntimeError("The runtime optuna version 5.1.0 is no longer compatible with the table schema (set "
+                          "up by optuna 3.0.0). Please execute `$ optuna storage upgrade --storage $STORAGE_URL` "
+                          "for upgrading the storage.")
+    for exc, said in ((denied, "the database at postgresql://u:***@db.example/x refused a storage call: "
+                               "permission denied for schema public"),
+                      (lost, "cannot reach the database at postgresql://u:***@db.example/x: server closed"),
+                      (pool, "cannot reach the database at postgresql://u:***@db.example/x: QueuePool limit"),
+                      (schema, "cannot use the Optuna tables at postgresql://u:***@db.example/x: The runtime "
+                               "optuna version 5.1.0 is no longer compatible")):
+        with pytest.raises(StorageError) as caught, storage_errors(u):
+            raise exc
+        assert str(caught.value).startswith(said) and "\n" not in str(caught.value), caught.value
+    for bug in (RuntimeError("a bug of ours"), KeyError("x"), sqlalchemy.exc.InvalidRequestError("misuse")):
+        with pytest.raises(type(bug)), storage_errors(u):
+            raise bug
+
+
+def test_tables_of_another_optuna_version_are_one_line_when_the_storage_opens(tmp_path):
+    """Optuna's schema check (a bare RuntimeError when a storage opens) through open_storage, as every
+    command and a joining worker open it, and on the command line: one line, exit 2."""
+    import sqlalchemy
+    from typer.testing import CliRunner
+
+    from search.cli import app
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    first = optuna.storages.RDBStorage(url)
+    with first.engine.begin() as conn:
+        conn.execute(sqlalchemy.text("UPDATE alembic_version SET version_num = 'v0.9.0.a'"))
+    first.engine.dispose()
+    with pytest.raises(StorageError, match=r"^cannot use the Optuna tables at sqlite:///.*old\.db: The runtime "
+                                           r"optuna version .* is no longer compatible with the table schema"):
+        open_storage(url, heartbeat=False)
+    res = CliRunner().invoke(app, ["status", "--study", "capacity", "--storage", url])
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot use the Optuna tables"), res.stderr
+
+
+def test_a_database_that_refuses_to_make_the_tables_is_one_line(pg_db):
+    """A role that may not create tables in the database (PostgreSQL 15's default for schema public): the
+    ProgrammingError of Optuna's create_all, outside its sessions, is one line naming what PostgreSQL said."""
+    import uuid
+
+    from conftest import pg_admin
+
+    role = f"h2s_test_ro_{uuid.uuid4().hex[:8]}"
+    pg_db.admin(f'CREATE ROLE "{role}" LOGIN')
+    pg_admin("REVOKE CREATE ON SCHEMA public FROM PUBLIC", url=pg_db.url)  # PostgreSQL 15's default, made sure
+    try:
+        url = pg_db.url.replace("postgres@", f"{role}@")
+        with pytest.raises(StorageError, match=r"refused a storage call: permission denied for schema public"):
+            open_storage(url, heartbeat=False)
+    finally:
+        pg_db.admin(f'DROP ROLE IF EXISTS "{role}"')

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import time
 import tomllib
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -284,7 +285,9 @@ class StoppedAfter(FakeTraining):
 
     def __call__(self, cfg, data, out, **kw):
         result = super().__call__(cfg.replace({"epochs": self.epochs}), data, out, **kw)
-        self.stop.set = True  # the signal arrives during the next epoch
+        import signal
+
+        self.stop._handle(signal.Signals[self.stop.signal], None)  # the signal arrives during the next epoch
         return TrainResult(**{**result.__dict__, "ending": Ending.INTERRUPTED})
 
 
@@ -307,12 +310,18 @@ def test_a_preempting_signal_puts_the_trial_back_and_ctrl_c_fails_it(tmp_path, s
     reason = TrialRecord.read(first).fail_reason
     if preempted:
         assert reason.startswith(f"preempted by {signame}") and "back in the queue" in logs[0]
+        at = datetime.fromisoformat(TrialRecord.read(first).preempted_at)  # when the signal came, in UTC
+        assert at.utcoffset() == timedelta(0) and timedelta(0) <= datetime.now(UTC) - at < timedelta(minutes=1)
         (retry,) = study.trials[1:]
         assert retry.state == TrialState.WAITING and retry.params == first.params
         assert retry.system_attrs["retry_history"] == [0] and retry.user_attrs["checkpoint"].endswith("trial-00000")
         assert budget_used(study) == (1, 1)  # the retry stands in for the preempted trial
+        runner.stop, runner.train_fn = StopFlag(), FakeTraining()
+        assert _run_one(study, runner, logs.append)  # the retry's own record: not preempted (yet)
+        assert study.trials[1].state == TrialState.COMPLETE and TrialRecord.read(study.trials[1]).preempted_at is None
     else:
         assert reason == "interrupted by SIGINT" and len(study.trials) == 1
+        assert TrialRecord.read(first).preempted_at is None
         assert budget_used(study) == (1, 0)
 
 
@@ -323,9 +332,10 @@ def test_repeated_preempting_signals_change_nothing_and_a_second_ctrl_c_stops_at
 
     stop = StopFlag()
     stop._handle(signal.SIGTERM, None)
+    first = stop.at
     for sig in (signal.SIGTERM, signal.SIGTERM, signal.SIGUSR2, signal.SIGHUP):  # Slurm's double SIGTERM, ...
         stop._handle(sig, None)
-    assert stop() and stop.preempted and stop.signal == "SIGTERM"
+    assert stop() and stop.preempted and stop.signal == "SIGTERM" and stop.at == first
     with pytest.raises(KeyboardInterrupt):
         stop._handle(signal.SIGINT, None)
     person = StopFlag()
