@@ -32,10 +32,10 @@ def creation_lock(url: str | None, name: str, *, reconnect: bool = False) -> Ite
     its own; unlike a session lock it works through a transaction-pooling pgbouncer, whose next
     transaction may run on another server connection. It is polled (`pg_try_advisory_xact_lock`), never
     waited for in the server, pooler or not: see `_poll` (and `wait_in_server`, kept for the benchmark's
-    comparison only). The holder thus keeps one server connection and
-    does its work (Optuna's storage, which commits) on another: behind a pooler with one server connection
-    that work waits until the pooler gives up, and that is said in one line naming the floor of 2 (3 in an
-    empty database: Optuna's first setup of its tables holds two connections at once). MySQL: GET_LOCK; SQLite: an flock on a file
+    comparison only). The holder thus keeps one server connection and does its work (Optuna's storage,
+    which commits) on another: behind a pooler with one server connection that work waits until the pooler
+    gives up, and that is said in one line naming the floor of 2 (3 in an empty database: Optuna's first
+    setup of its tables holds two connections at once). MySQL: GET_LOCK; SQLite: an flock on a file
     beside the database. Concurrent create_study and concurrent table creation both race without it. With
     `reconnect`, taking the lock waits out a lost database connection (a running worker), instead of
     failing at once (a command).
