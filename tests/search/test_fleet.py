@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from optuna.trial import TrialState
+from watching import Poller
 
 pytestmark = pytest.mark.fleet
 
@@ -106,30 +107,19 @@ def assert_exact(trials, n: int) -> None:
     assert len(set(params)) == n, "two trials ran the same parameters"
 
 
-class ConnectionWatch:
+class ConnectionWatch(Poller):
     """Samples the database's connection count in a thread while a fleet runs; keeps the peak."""
 
     def __init__(self, db, every: float = 0.2):
-        self.db, self.every, self.peak, self.samples = db, every, 0, 0
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
+        super().__init__(every)
+        self.db, self.peak, self.samples = db, 0, 0
 
-    def _run(self):
-        while not self._stop.is_set():
-            try:
-                self.peak = max(self.peak, self.db.connections())
-                self.samples += 1
-            except Exception:
-                pass  # the server may be restarting
-            self._stop.wait(self.every)
-
-    def __enter__(self):
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join()
+    def poll(self):
+        try:
+            self.peak = max(self.peak, self.db.connections())
+            self.samples += 1
+        except Exception:
+            pass  # the server may be restarting
 
 
 def restart_postgres(db) -> float:
@@ -187,28 +177,20 @@ def freeze_outside_transactions(proc, db) -> None:
     pytest.fail("could not freeze the worker outside a transaction")
 
 
-class SurrogateHeartbeat:
+class SurrogateHeartbeat(Poller):
     """Keeps a frozen worker's trial looking alive, as its own heartbeat thread would, until stopped."""
 
     def __init__(self, db, trial_id: int):
         from search.storage import open_storage
 
-        self.storage = open_storage(db.url)
-        self.trial_id, self._stop = trial_id, threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
+        super().__init__(0.5)
+        self.storage, self.trial_id = open_storage(db.url), trial_id
 
-    def _run(self):
-        while not self._stop.is_set():
-            self.storage.record_heartbeat(self.trial_id)
-            self._stop.wait(0.5)
-
-    def __enter__(self):
-        self._t.start()
-        return self
+    def poll(self):
+        self.storage.record_heartbeat(self.trial_id)
 
     def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join()
+        super().__exit__(*exc)
         self.storage.engine.dispose()
 
 

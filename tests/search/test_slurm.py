@@ -6,12 +6,12 @@ The tests that need the cluster skip, saying why, where no Slurm is up; the flag
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +19,7 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
+from watching import Poller
 
 from search.errors import UserError
 from search.slurm import SlurmRequest, active_tasks, check, time_minutes
@@ -197,7 +198,7 @@ def test_cancel_leaves_no_job_and_no_running_trial(slurm, new_machine, fleet_stu
           f"{[(t.number, t.state.name, t.user_attrs.get('fail_reason')) for t in after]}")
 
 
-class EpochWatch:
+class EpochWatch(Poller):
     """While an array runs, polls each trial's latest reported epoch (one statement on Optuna's tables, every
     `every` s) and keeps when each new one was first seen (UTC): a retry's first epoch after its resume was
     reported at most one poll (and one statement) before the time kept here."""
@@ -206,38 +207,32 @@ class EpochWatch:
            "JOIN trial_intermediate_values v ON v.trial_id = t.trial_id WHERE s.study_name = %s GROUP BY t.number")
 
     def __init__(self, db, study: str, every: float = 0.2):
-        self.db, self.study, self.every = db, study, every
+        super().__init__(every)
+        self.db, self.study = db, study
         self.seen: dict[int, list[tuple[datetime, float]]] = {}
-        self.polls, self._stop = 0, threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self):
+    @contextlib.contextmanager
+    def session(self):
         import psycopg
 
-        with psycopg.connect(self.db.url, autocommit=True) as conn:
-            while not self._stop.is_set():
-                try:
-                    rows = conn.execute(self.SQL, (self.study,)).fetchall()
-                except psycopg.Error:  # the tables are not there yet, or a moment's trouble: the next poll
-                    rows = []
-                now = datetime.now(UTC)
-                for number, step in rows:
-                    if not self.seen.get(number) or self.seen[number][-1][1] != step:
-                        self.seen.setdefault(number, []).append((now, step))
-                self.polls += 1
-                self._stop.wait(self.every)
+        with psycopg.connect(self.db.url, autocommit=True) as self.conn:
+            yield
+
+    def poll(self):
+        import psycopg
+
+        try:
+            rows = self.conn.execute(self.SQL, (self.study,)).fetchall()
+        except psycopg.Error:  # the tables are not there yet, or a moment's trouble: the next poll
+            rows = []
+        now = datetime.now(UTC)
+        for number, step in rows:
+            if not self.seen.get(number) or self.seen[number][-1][1] != step:
+                self.seen.setdefault(number, []).append((now, step))
 
     def first_after(self, number: int, epoch: int) -> datetime | None:
         """When trial `number`'s first epoch after `epoch` was seen reported; None if never."""
         return next((t for t, step in self.seen.get(number, []) if step > epoch), None)
-
-    def __enter__(self):
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join()
 
 
 def resumed_elsewhere(gone, retry) -> bool:
